@@ -1,0 +1,159 @@
+"""`asymbp run`: one training run."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+from ..errors import AsymbpError
+
+HELP = "train one run (a method on a dataset) and print its per-epoch metrics"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help=HELP, description=HELP + ".")
+    add_run_options(p)
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="save the run's state after every epoch and resume from it if it exists")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as one JSON object (test_error, best_test_error, "
+                        "diverged, epochs, ...) instead of the epoch lines")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def add_run_options(p, single: bool = True) -> None:
+    """The options that define a run (shared with `asymbp sweep`)."""
+    from ..train import TrainConfig
+
+    d = TrainConfig()
+    if single:
+        p.add_argument("--dataset", default=d.dataset,
+                       help="dataset key (see 'asymbp datasets') or npz:PATH (default: %(default)s)")
+        p.add_argument("--method", default=d.method,
+                       help="method string, e.g. SGD, uSF+BN+BM, brSF-25+BN+BM, RndF+BN "
+                            "(see 'asymbp methods'; default: %(default)s)")
+        p.add_argument("--lr-mult", type=float, default=d.lr_mult, metavar="K",
+                       help="learning-rate multiplier k: lr = 5e-4 x k (default: %(default)s)")
+        p.add_argument("--seed", type=int, default=d.seed,
+                       help="seed of the initialisation, batch order and feedback draws "
+                            "(default: %(default)s)")
+    p.add_argument("--model", default=None,
+                   help="network key (mnist, cifar, svhn, large, mlp, resnet20, resnet18); "
+                        "default: the dataset's Table-1 network")
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help="epochs; the lr schedule (base, /10 after 50/65, /100 after 60/65) "
+                        "scales to it (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="mini-batch size (default: %(default)s)")
+    p.add_argument("--batch-schedule", default=None, metavar="SPEC",
+                   help="batch-size schedule, e.g. '100:3,500' = 100 for 3 epochs then 500")
+    p.add_argument("--base-lr", type=float, default=d.base_lr,
+                   help="base learning rate before the multiplier (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="weight decay d (default: %(default)s, MatConvNet's)")
+    p.add_argument("--momentum", type=float, default=d.momentum,
+                   help="momentum m (default: %(default)s)")
+    p.add_argument("--feedback-weight-decay", default=None, metavar="FIRST,AFTER",
+                   help="weight decay of learned feedback (KP, PFA): first epoch, then after, "
+                        "e.g. 5e-3,1e-4")
+    p.add_argument("--protocol", choices=["paper", "honest"], default=d.protocol,
+                   help="paper: best test error over epochs; honest: a validation split picks "
+                        "the epoch (default: %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="validation share of the training set, honest protocol "
+                        "(default: %(default)s)")
+    p.add_argument("--freeze", choices=["none", "bottom", "top"], default=d.freeze,
+                   help="Experiment C2: bottom = last layer random and frozen, top = all but "
+                        "the last (default: %(default)s)")
+    p.add_argument("--bn-stats", choices=["paper", "running"], default=d.bn_stats,
+                   help="test-time BN statistics: paper (20 batches after each epoch, EMA 0.05) "
+                        "or running averages (default: %(default)s)")
+    p.add_argument("--device", default=d.device, help="torch device (default: %(default)s)")
+    p.add_argument("--amp", choices=["fp32", "bf16"], default=d.amp,
+                   help="precision: bf16 autocast or fp32 (default: %(default)s)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--no-alignment", action="store_true",
+                   help="skip the per-epoch V-W and error-signal angles")
+    p.add_argument("--data-dir", default=None,
+                   help="data root (default: $ASYMBP_DATA or ~/.cache/asymbp)")
+
+
+def config_from_args(args, **overrides) -> dict:
+    cfg = {
+        "dataset": getattr(args, "dataset", None), "method": getattr(args, "method", None),
+        "lr_mult": getattr(args, "lr_mult", None), "seed": getattr(args, "seed", None),
+        "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
+        "batch_schedule": args.batch_schedule, "base_lr": args.base_lr,
+        "weight_decay": args.weight_decay, "momentum": args.momentum,
+        "feedback_weight_decay": args.feedback_weight_decay, "protocol": args.protocol,
+        "val_fraction": args.val_fraction, "freeze": args.freeze, "bn_stats": args.bn_stats,
+        "device": args.device, "amp": args.amp, "compile": args.compile,
+        "alignment": not args.no_alignment, "data_dir": args.data_dir,
+    }
+    cfg.update(overrides)
+    return {k: v for k, v in cfg.items() if v is not None}
+
+
+def _jsonable(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def epoch_line(row: dict) -> str:
+    parts = [f"epoch {row['epoch']:>3}", f"lr {row['lr']:.2e}", f"loss {row['train_loss']:.4f}",
+             f"train {row['train_error']:6.2f}%", f"test {row['test_error']:6.2f}%"]
+    if "val_error" in row:
+        parts.append(f"val {row['val_error']:6.2f}%")
+    if row.get("alignment"):
+        mean_angle = sum(a["angle"] for a in row["alignment"]) / len(row["alignment"])
+        parts.append(f"V-W {mean_angle:5.1f}deg")
+    parts.append(f"{row['seconds']:.1f}s")
+    if row.get("diverged"):
+        parts.append("DIVERGED")
+    return "  ".join(parts)
+
+
+def run(args) -> int:
+    import torch
+
+    from ..train import TrainConfig, check_config, train
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise AsymbpError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig.from_dict(config_from_args(args))
+    check_config(cfg)  # every user mistake fails here, before data or a file is touched
+    bar = None
+    if not args.no_progress and not args.json:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.epochs, desc=f"{cfg.method} on {cfg.dataset}", unit="epoch",
+                   file=sys.stderr, leave=False)
+
+    def on_epoch(row):
+        if bar is not None:
+            bar.update(1)
+            bar.write(epoch_line(row), file=sys.stdout)
+        elif not args.json:
+            print(epoch_line(row), flush=True)
+
+    result = train(cfg, on_epoch=on_epoch, checkpoint=args.checkpoint)
+    if bar is not None:
+        bar.close()
+    if args.json:
+        print(json.dumps(_jsonable(result)))
+    else:
+        status = f"DIVERGED at epoch {result['diverged_epoch']}" if result["diverged"] else "done"
+        print(f"{result['method']} on {cfg.dataset}: final test error "
+              f"{result['test_error']:.2f}%, best {result['best_test_error']:.2f}% "
+              f"(epoch {result['best_epoch']}), {status}, {result['seconds']:.1f}s")
+    return 0

@@ -1,0 +1,143 @@
+"""Datasets (DESIGN §7): a registry of loaders, each returning arrays in memory.
+
+`load(key, data_dir=None, seed=0)` returns a `Dataset`: `x_train` (N, C, H, W) float32 images or
+(N, D) vectors, `y_train` int64 labels 0..C−1, the same for test, plus the paper's default
+network for it. Keys: the registered ones (`asymbp.data.DATASETS`) and `npz:PATH` for any `.npz`
+with `x_train, y_train, x_test, y_test`.
+
+Data lives under one root: `data_dir`, else `$ASYMBP_DATA`, else `~/.cache/asymbp`, one folder per
+dataset key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import AsymbpError, unknown
+
+
+@dataclass
+class Dataset:
+    """A loaded dataset, in memory.
+
+    Attributes:
+        key: registry key (`mnist5k`, `cifar10`, `npz:/path/file.npz`, ...).
+        x_train, x_test: float32 arrays, (N, C, H, W) images or (N, D) vectors.
+        y_train, y_test: int64 arrays of class indices 0..num_classes−1.
+        num_classes: number of classes.
+        model: the default network key (DESIGN §5) for this dataset.
+        meta: how it was made (source files, sampled classes, seed, ...), stored with results.
+    """
+
+    key: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    model: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the registry knows about a dataset before loading it."""
+
+    key: str
+    name: str  # as printed in the paper's tables (or a descriptive name)
+    loader: Callable[..., Dataset]  # loader(root: Path, seed: int) -> Dataset
+    classes: int | None
+    train: str  # size or per-class protocol, for the `asymbp datasets` table
+    test: str
+    model: str
+    packaged: bool = False  # installs with the package (no download)
+    description: str = ""
+
+
+DATASETS: dict[str, DatasetInfo] = {}
+
+
+def register(key: str, *, name: str, classes: int | None, train: str, test: str, model: str,
+             packaged: bool = False, description: str = ""):
+    """Decorator: register `loader(root: Path, seed: int) -> Dataset` under `key`.
+
+    `root` is the dataset's own folder (`<data root>/<key>`); `seed` drives any sampling of
+    classes or splits (the paper's protocols), so the same seed gives the same sample.
+    """
+
+    def deco(loader):
+        DATASETS[key] = DatasetInfo(key, name, loader, classes, train, test, model, packaged,
+                                    description)
+        return loader
+
+    return deco
+
+
+def data_root(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data root: `data_dir`, else `$ASYMBP_DATA`, else `~/.cache/asymbp`."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    env = os.environ.get("ASYMBP_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "asymbp"
+
+
+def dataset_keys() -> list[str]:
+    return list(DATASETS) + ["npz:PATH"]
+
+
+def check_key(key: str) -> None:
+    """Raise the one-line error for an unknown dataset key (before any work is done)."""
+    if key.startswith("npz:") or key in DATASETS:
+        return
+    raise unknown("dataset", key, dataset_keys())
+
+
+def load(key: str, data_dir: str | os.PathLike | None = None, seed: int = 0) -> Dataset:
+    """Load dataset `key` into memory (see the module docstring)."""
+    check_key(key)
+    if key.startswith("npz:"):
+        from .npz import load_npz
+
+        return load_npz(key[4:])
+    info = DATASETS[key]
+    ds = info.loader(data_root(data_dir) / key, seed)
+    validate(ds)
+    return ds
+
+
+def validate(ds: Dataset) -> None:
+    """Check shapes, dtypes and labels of a loaded dataset; raise one line naming the problem."""
+    for split in ("train", "test"):
+        x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        if len(x) != len(y):
+            raise AsymbpError(
+                f"dataset {ds.key}: x_{split} has {len(x)} rows but y_{split} has {len(y)}; "
+                "they must match"
+            )
+        if x.ndim not in (2, 4):
+            raise AsymbpError(
+                f"dataset {ds.key}: x_{split} has shape {x.shape}; expected (N, D) vectors or "
+                "(N, C, H, W) images"
+            )
+        if len(y) and (y.min() < 0 or y.max() >= ds.num_classes):
+            raise AsymbpError(
+                f"dataset {ds.key}: y_{split} has labels outside 0..{ds.num_classes - 1}"
+            )
+    if ds.x_train.shape[1:] != ds.x_test.shape[1:]:
+        raise AsymbpError(
+            f"dataset {ds.key}: train inputs {ds.x_train.shape[1:]} and test inputs "
+            f"{ds.x_test.shape[1:]} differ in shape"
+        )
+
+
+# Loaders register themselves on import.
+from . import packaged  # noqa: E402,F401

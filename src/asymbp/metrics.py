@@ -1,0 +1,108 @@
+"""How well the feedback lines up with backprop.
+
+`layer_alignment(model)`: per asymmetric layer, the angle in degrees between V and W, the
+fraction of feedback signs that agree with W's, and ‖V‖/‖W‖.
+
+`error_signal_alignment(model, x, y)`: for one batch, per layer, the angle between the error
+signal the layer receives (dE/dy at its output) under the model's feedback and under true
+backprop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import asym_layers
+
+
+def angle(a: Tensor, b: Tensor) -> float:
+    """The angle in degrees between two tensors taken as vectors (90 when either is zero)."""
+    a, b = a.detach().flatten().double(), b.detach().flatten().double()
+    na, nb = a.norm(), b.norm()
+    if na == 0 or nb == 0:
+        return 90.0
+    cos = torch.clamp((a @ b) / (na * nb), -1.0, 1.0)
+    return math.degrees(math.acos(cos.item()))
+
+
+@torch.no_grad()
+def layer_alignment(model: nn.Module) -> list[dict]:
+    """[{layer, scheme, angle, sign_concordance, norm_ratio}] for every asymmetric layer."""
+    rows = []
+    for name, layer in asym_layers(model):
+        W = layer.weight.detach()
+        V = layer.feedback_weight()
+        wn = W.norm().item()
+        rows.append({
+            "layer": name,
+            "scheme": layer.scheme,
+            "angle": angle(V, W),
+            "sign_concordance": ((V >= 0) == (W >= 0)).double().mean().item(),
+            "norm_ratio": V.norm().item() / wn if wn > 0 else math.nan,
+        })
+    return rows
+
+
+@contextlib.contextmanager
+def symmetric(model: nn.Module):
+    """Temporarily give every asymmetric layer V = W (true backprop); the schemes come back."""
+    from .feedback import BP
+
+    saved = []
+    for _, layer in asym_layers(model):
+        saved.append((layer, layer.feedback))
+        # Assigned through __dict__ so the module tree (and state_dict) never sees the swap.
+        layer._modules["feedback"] = BP(layer.weight, 0)
+    try:
+        yield model
+    finally:
+        for layer, f in saved:
+            layer._modules["feedback"] = f
+
+
+def _error_signals(model: nn.Module, x: Tensor, y: Tensor, loss_fn) -> dict[str, Tensor]:
+    layers = asym_layers(model)
+    grads: dict[str, Tensor] = {}
+    handles = []
+
+    def hook(name):
+        def fwd(module, inputs, output):
+            if output.requires_grad:
+                output.register_hook(lambda g: grads.__setitem__(name, g.detach().clone()))
+        return fwd
+
+    for name, layer in layers:
+        handles.append(layer.register_forward_hook(hook(name)))
+    try:
+        with torch.enable_grad():
+            out = model(x)
+            loss = loss_fn(out, y)
+            # Gradients with respect to the inputs of nothing: only the error signals are wanted.
+            params = [p for p in model.parameters() if p.requires_grad]
+            torch.autograd.grad(loss, params, allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    return grads
+
+
+def error_signal_alignment(model: nn.Module, x: Tensor, y: Tensor, loss_fn=None) -> list[dict]:
+    """[{layer, grad_angle}]: angle between each layer's asymmetric and true error signals.
+
+    Runs one forward/backward with the model's feedback and one with V = W on the same batch
+    (BN in its current mode: call `model.eval()` first for frozen statistics). No parameter's
+    `.grad` is touched.
+    """
+    loss_fn = loss_fn or (lambda out, t: F.cross_entropy(out, t, reduction="sum"))
+    rng = torch.random.get_rng_state()
+    asym = _error_signals(model, x, y, loss_fn)
+    torch.random.set_rng_state(rng)  # the same dropout masks, if any
+    with symmetric(model):
+        true = _error_signals(model, x, y, loss_fn)
+    return [{"layer": name, "grad_angle": angle(asym[name], true[name])}
+            for name, _ in asym_layers(model) if name in asym and name in true]

@@ -1,0 +1,148 @@
+"""The paper's update rules (Liao, Leibo & Poggio 2016, Section 3; DESIGN §3).
+
+    w(t+1) = w(t) + η τ(t)
+
+    SGD (setting 0):  τ(t) = −g + m τ(t−1) − d w(t)
+    BM1 (= BM):       τ(t) = −sign(g) + m τ(t−1) − d w(t)
+    BM2:              τ(t) = sign(−sign(g) + m τ(t−1) − d w(t))
+    BM3:              τ(t) = sign(κ(t)),  κ(t) = −sign(g) + m κ(t−1) − d w(t)
+
+g is the gradient summed over the mini-batch, sign(0) = 0. Both are ordinary
+`torch.optim.Optimizer`s: param groups, `state_dict`, any parameter (learned feedback, BN's
+affine parameters) included. A parameter without a gradient is skipped (no decay either).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .errors import AsymbpError, unknown
+
+# name -> (optimizer class, constructor kwargs): the update rules of method strings
+UPDATE_RULES: dict[str, tuple[type[Optimizer], dict]] = {}
+
+
+def _check(lr, momentum, weight_decay):
+    if not lr >= 0:
+        raise AsymbpError(f"learning rate must be >= 0, got {lr}")
+    if not 0 <= momentum < 1:
+        raise AsymbpError(f"momentum must be in [0, 1), got {momentum}")
+    if not weight_decay >= 0:
+        raise AsymbpError(f"weight decay must be >= 0, got {weight_decay}")
+
+
+def _params_with_grad(group) -> tuple[list[Tensor], list[Tensor]]:
+    params = [p for p in group["params"] if p.grad is not None]
+    return params, [p.grad for p in params]
+
+
+class SGD(Optimizer):
+    """The paper's SGD with momentum and weight decay (setting 0).
+
+    Arguments:
+        params: parameters or param groups.
+        lr: η.
+        momentum: m (0.9 in the paper).
+        weight_decay: d (MatConvNet's default 5e-4).
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4):
+        _check(lr, momentum, weight_decay)
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = _params_with_grad(group)
+            if not params:
+                continue
+            taus = [self._tau(p) for p in params]
+            m, d = group["momentum"], group["weight_decay"]
+            torch._foreach_mul_(taus, m)  # m τ(t−1)
+            torch._foreach_sub_(taus, grads)  # − g
+            if d:
+                torch._foreach_add_(taus, params, alpha=-d)  # − d w(t)
+            torch._foreach_add_(params, taus, alpha=group["lr"])  # w += η τ(t)
+        return loss
+
+    def _tau(self, p: Tensor) -> Tensor:
+        state = self.state[p]
+        if "tau" not in state:
+            state["tau"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state["tau"]
+
+
+class BatchManhattan(Optimizer):
+    """Batch Manhattan: sign-of-gradient updates with momentum (settings 1, 2, 3).
+
+    Arguments:
+        params: parameters or param groups.
+        lr: η.
+        momentum: m (0.9).
+        weight_decay: d (5e-4).
+        setting: 1 (BM1 = BM), 2 (BM2) or 3 (BM3); see the module docstring.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
+                 setting: int = 1):
+        _check(lr, momentum, weight_decay)
+        if setting not in (1, 2, 3):
+            raise AsymbpError(f"Batch Manhattan setting must be 1, 2 or 3, got {setting}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      setting=setting))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = _params_with_grad(group)
+            if not params:
+                continue
+            m, d, setting = group["momentum"], group["weight_decay"], group["setting"]
+            bufs = []  # τ(t−1) for settings 1–2, κ(t−1) for setting 3
+            for p in params:
+                state = self.state[p]
+                if "buf" not in state:
+                    state["buf"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                bufs.append(state["buf"])
+            torch._foreach_mul_(bufs, m)
+            torch._foreach_sub_(bufs, torch._foreach_sign(grads))  # − sign(g)
+            if d:
+                torch._foreach_add_(bufs, params, alpha=-d)
+            if setting == 1:
+                torch._foreach_add_(params, bufs, alpha=group["lr"])  # τ = buf
+            elif setting == 2:
+                torch._foreach_sign_(bufs)  # τ = sign(...), kept as τ(t−1) for the next step
+                torch._foreach_add_(params, bufs, alpha=group["lr"])
+            else:
+                torch._foreach_add_(params, torch._foreach_sign(bufs), alpha=group["lr"])
+        return loss
+
+
+UPDATE_RULES.update({
+    "SGD": (SGD, {}),
+    "BM1": (BatchManhattan, {"setting": 1}),
+    "BM2": (BatchManhattan, {"setting": 2}),
+    "BM3": (BatchManhattan, {"setting": 3}),
+})
+
+
+def make_optimizer(update: str, params, lr: float, momentum: float = 0.9,
+                   weight_decay: float = 5e-4) -> Optimizer:
+    """The optimizer of an update rule name (`SGD`, `BM1`, `BM2`, `BM3`)."""
+    key = update.upper()
+    if key == "BM":
+        key = "BM1"
+    if key not in UPDATE_RULES:
+        raise unknown("update rule", update, list(UPDATE_RULES) + ["BM"])
+    cls, extra = UPDATE_RULES[key]
+    return cls(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **extra)

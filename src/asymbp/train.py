@@ -1,0 +1,472 @@
+"""One training run (DESIGN §3–6): a config in, per-epoch metrics out.
+
+`train(config)` reads top to bottom in the order a run happens:
+
+1. load the data, hold out a validation split (honest protocol), normalise with the training
+   set's per-channel mean and std, put everything on the device as tensors;
+2. build the network (the dataset's Table-1 network by default), convert it to the method's
+   feedback scheme, freeze layers for Experiment C2;
+3. make the method's optimizer (SGD or Batch Manhattan) over every trainable parameter;
+4. for each epoch: set the learning rate (base for the first 50/65 of the run, base/10 to 60/65,
+   base/100 after), train on mini-batches drawn by index permutation, refresh the test-time BN
+   statistics (paper protocol: 20 training batches, EMA α = 0.05), evaluate, record metrics;
+5. a NaN/inf loss ends the run as diverged.
+
+Nothing here knows about grids, processes or storage; `on_epoch` streams each epoch's metrics
+and `checkpoint` (a path) makes the run resumable from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import data as datasets
+from . import metrics as M
+from . import models
+from ._provenance import provenance
+from .convert import convert
+from .errors import AsymbpError
+from .layers import asym_layers, renormalize
+from .methods import MethodSpec, parse_method
+from .optim import make_optimizer
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. Defaults are the paper's protocol (DESIGN §6)."""
+
+    dataset: str = "mnist5k"  # a dataset key or npz:PATH
+    method: str = "SGD"  # a method string (DESIGN §4)
+    model: str | None = None  # default: the dataset's Table-1 network
+    lr_mult: float = 1.0  # k in base = base_lr × k; the paper sweeps 100, 10, 1, 0.1, 0.01
+    base_lr: float = 5e-4
+    epochs: int = 65
+    batch_size: int = 100
+    # Batch-size schedule "100:3,500": batch 100 for 3 epochs, then 500 (Table 2's uSF+BM cell)
+    batch_schedule: str | None = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # MatConvNet's default; the paper does not state it
+    # Weight decay of learned feedback (KP, PFA) as "first_epoch,after", e.g. "5e-3,1e-4"
+    # (Li & Benna 2024); default: the same as the weights'.
+    feedback_weight_decay: str | None = None
+    seed: int = 1
+    device: str = "cpu"
+    freeze: str = "none"  # Experiment C2: none | bottom | top (also set by @bottom/@top)
+    protocol: str = "paper"  # paper (validate on test) | honest (held-out validation split)
+    val_fraction: float = 0.1  # of the training set, honest protocol
+    bn_stats: str = "paper"  # paper (20 batches after each epoch, EMA 0.05) | running
+    bn_stat_batches: int = 20
+    bn_stat_alpha: float = 0.05
+    data_dir: str | None = None
+    data_seed: int = 0  # sampling of classes and splits for the paper's protocols
+    eval_batch_size: int = 1000
+    alignment: bool = True  # record the V–W and error-signal angles every epoch
+    amp: str = "fp32"  # fp32 | bf16 (autocast)
+    compile: bool = False  # torch.compile the model
+    scheme_options: dict = field(default_factory=dict)  # extra options of the feedback scheme
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown_keys = sorted(set(d) - names)
+        if unknown_keys:
+            raise AsymbpError(f"unknown config key(s) {', '.join(unknown_keys)}; valid: "
+                              f"{', '.join(sorted(names))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def check_config(cfg: TrainConfig) -> MethodSpec:
+    """Validate a config before any work is done; return its parsed method."""
+    spec = parse_method(cfg.method, **cfg.scheme_options)
+    datasets.check_key(cfg.dataset)
+    if cfg.model is not None and cfg.model not in models.MODELS:
+        from .errors import unknown
+
+        raise unknown("model", cfg.model, models.MODELS)
+    if not cfg.lr_mult > 0 or not math.isfinite(cfg.lr_mult):
+        raise AsymbpError(f"learning-rate multiplier must be > 0, got {cfg.lr_mult}; the paper "
+                          "uses 100, 10, 1, 0.1, 0.01")
+    if not cfg.base_lr > 0:
+        raise AsymbpError(f"base learning rate must be > 0, got {cfg.base_lr}")
+    if int(cfg.epochs) < 1:
+        raise AsymbpError(f"epochs must be >= 1, got {cfg.epochs}")
+    if int(cfg.batch_size) < 1:
+        raise AsymbpError(f"batch size must be >= 1, got {cfg.batch_size}")
+    if cfg.protocol not in ("paper", "honest"):
+        raise AsymbpError(f"unknown protocol {cfg.protocol!r}; valid: paper, honest")
+    if cfg.bn_stats not in ("paper", "running"):
+        raise AsymbpError(f"unknown BN statistics mode {cfg.bn_stats!r}; valid: paper, running")
+    if cfg.freeze not in ("none", "bottom", "top"):
+        raise AsymbpError(f"unknown freeze setting {cfg.freeze!r}; valid: none, bottom, top")
+    if cfg.protocol == "honest" and not 0 < cfg.val_fraction < 1:
+        raise AsymbpError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
+    if cfg.amp not in ("fp32", "bf16"):
+        raise AsymbpError(f"unknown precision {cfg.amp!r}; valid: fp32, bf16")
+    batch_schedule(cfg)
+    feedback_wd(cfg)
+    return spec
+
+
+def lr_at(epoch: int, epochs: int, base: float) -> float:
+    """The paper's step schedule scaled to the run length (epoch counts from 1)."""
+    if epoch <= round(epochs * 50 / 65):
+        return base
+    if epoch <= round(epochs * 60 / 65):
+        return base / 10
+    return base / 100
+
+
+def batch_schedule(cfg: TrainConfig) -> Callable[[int], int]:
+    """epoch -> batch size, from `batch_schedule` ("100:3,500") or the fixed `batch_size`."""
+    if not cfg.batch_schedule:
+        return lambda epoch: int(cfg.batch_size)
+    steps: list[tuple[int, int]] = []  # (batch, last epoch with it)
+    try:
+        total = 0
+        parts = [p.strip() for p in cfg.batch_schedule.split(",")]
+        for i, part in enumerate(parts):
+            if ":" in part:
+                b, n = part.split(":")
+                total += int(n)
+                steps.append((int(b), total))
+            elif i == len(parts) - 1:
+                steps.append((int(part), 10**9))
+            else:
+                raise ValueError
+        if any(b < 1 for b, _ in steps):
+            raise ValueError
+    except ValueError:
+        raise AsymbpError(f"bad batch schedule {cfg.batch_schedule!r}; expected e.g. '100:3,500' "
+                          "(batch 100 for 3 epochs, then 500)") from None
+
+    def at(epoch: int) -> int:
+        for b, last in steps:
+            if epoch <= last:
+                return b
+        return steps[-1][0]
+
+    return at
+
+
+def feedback_wd(cfg: TrainConfig) -> tuple[float, float] | None:
+    if not cfg.feedback_weight_decay:
+        return None
+    try:
+        first, after = (float(v) for v in str(cfg.feedback_weight_decay).split(","))
+    except ValueError:
+        raise AsymbpError(f"bad feedback weight decay {cfg.feedback_weight_decay!r}; expected "
+                          "'FIRST,AFTER', e.g. '5e-3,1e-4'") from None
+    return first, after
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Tensors:
+    """The run's data on the device: train, optional validation, test."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    x_val: Tensor | None
+    y_val: Tensor | None
+    num_classes: int
+    model: str
+
+
+def prepare_data(cfg: TrainConfig, device: torch.device, ds: datasets.Dataset | None = None
+                 ) -> Tensors:
+    """Load, split (honest protocol), normalise per channel with training statistics, move."""
+    ds = ds or datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed)
+    x_tr, y_tr = ds.x_train, ds.y_train
+    x_val = y_val = None
+    if cfg.protocol == "honest":
+        rng = np.random.default_rng(cfg.data_seed + 7919)
+        perm = rng.permutation(len(y_tr))
+        n_val = max(1, int(round(len(perm) * cfg.val_fraction)))
+        val, tr = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        x_val, y_val, x_tr, y_tr = x_tr[val], y_tr[val], x_tr[tr], y_tr[tr]
+    axes = (0, 2, 3) if x_tr.ndim == 4 else (0,)
+    mean = x_tr.mean(axis=axes, keepdims=True, dtype=np.float64).astype(np.float32)
+    std = x_tr.std(axis=axes, keepdims=True, dtype=np.float64).astype(np.float32)
+    std[std < 1e-8] = 1.0
+
+    def put(x, y):
+        if x is None:
+            return None, None
+        xt = torch.from_numpy(((x - mean) / std).astype(np.float32)).to(device)
+        return xt, torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
+
+    xt, yt = put(x_tr, y_tr)
+    xs, ys = put(ds.x_test, ds.y_test)
+    xv, yv = put(x_val, y_val)
+    return Tensors(xt, yt, xs, ys, xv, yv, ds.num_classes, ds.model)
+
+
+def build_model(cfg: TrainConfig, spec: MethodSpec, data: Tensors) -> nn.Module:
+    """The network for this run, converted to the method's scheme, C2 layers frozen."""
+    key = cfg.model or data.model
+    shape = data.x_train.shape[1:]  # (C, H, W) or (D,)
+    if len(shape) == 3:
+        model = models.build(key, data.num_classes, in_channels=shape[0], image_size=shape[1],
+                             bn=spec.bn, bn_affine=spec.bn_affine)
+    else:
+        model = models.build(key, data.num_classes, in_channels=shape[0], bn=spec.bn,
+                             bn_affine=spec.bn_affine)
+    convert(model, spec.scheme_name, seed=cfg.seed, weight_norm=spec.weight_norm,
+            **{k: v for k, v in spec.scheme_options.items() if k != "p"})
+    freeze = spec.freeze if spec.freeze != "none" else cfg.freeze
+    models.freeze(model, freeze)
+    return model
+
+
+def _param_groups(model: nn.Module):
+    feedback = {id(p) for _, layer in asym_layers(model) for p in layer.feedback.parameters()}
+    main = [p for p in model.parameters() if p.requires_grad and id(p) not in feedback]
+    fb = [p for p in model.parameters() if p.requires_grad and id(p) in feedback]
+    groups = [{"params": main, "kind": "weights"}]
+    if fb:
+        groups.append({"params": fb, "kind": "feedback"})
+    return groups
+
+
+# ---- the run ------------------------------------------------------------------------------
+
+
+def _bn_layers(model: nn.Module):
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def refresh_bn_stats(model: nn.Module, x: Tensor, batch: int, n_batches: int, alpha: float,
+                     gen: torch.Generator) -> None:
+    """The paper's test-time BN statistics: `n_batches` training batches in training mode,
+    running mean/var as EMAs with factor `alpha`, weights untouched."""
+    bns = _bn_layers(model)
+    if not bns:
+        return
+    was = model.training
+    model.train()
+    for bn in bns:
+        bn.momentum = alpha
+    perm = torch.randperm(len(x), generator=gen).to(x.device)
+    for i in range(min(n_batches, math.ceil(len(x) / batch))):
+        model(x[perm[i * batch:(i + 1) * batch]])
+    for bn in bns:
+        bn.momentum = 0.0  # training batches leave the running statistics alone
+    model.train(was)
+
+
+@torch.no_grad()
+def error_rate(model: nn.Module, x: Tensor, y: Tensor, batch: int, amp) -> float:
+    """Classification error in % (eval mode)."""
+    was = model.training
+    model.eval()
+    wrong = torch.zeros((), dtype=torch.long, device=x.device)
+    for i in range(0, len(x), batch):
+        with amp():
+            out = model(x[i:i + batch])
+        wrong += (out.argmax(1) != y[i:i + batch]).sum()
+    model.train(was)
+    return 100.0 * wrong.item() / max(1, len(x))
+
+
+def _amp_context(cfg: TrainConfig, device: torch.device):
+    if cfg.amp == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    import contextlib
+
+    return contextlib.nullcontext
+
+
+def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None = None,
+          checkpoint: str | os.PathLike | None = None,
+          data: datasets.Dataset | None = None) -> dict:
+    """Train one run and return its metrics.
+
+    Arguments:
+        config: a `TrainConfig` or a dict of its fields.
+        on_epoch: called with each epoch's metrics dict as soon as the epoch ends.
+        checkpoint: a file path; the run saves its state there after every epoch and, if the
+            file exists, resumes from it (the finished epochs are not redone).
+        data: an already loaded dataset (skips loading `config.dataset`).
+
+    Returns:
+        A dict: `config`, `method` (canonical), `test_error` (final, %), `best_test_error` (%),
+        `best_epoch`, `val_error` / `honest_test_error` (honest protocol), `diverged` (bool),
+        `diverged_epoch`, `epochs` (a list of per-epoch dicts), `params`, `seconds`, provenance.
+    """
+    cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
+    spec = check_config(cfg)
+    device = torch.device(cfg.device)
+    amp = _amp_context(cfg, device)
+    next_batch = batch_schedule(cfg)
+    fb_wd = feedback_wd(cfg)
+
+    torch.manual_seed(cfg.seed)
+    tensors = prepare_data(cfg, device, data)
+    model = build_model(cfg, spec, tensors).to(device)
+    bns = _bn_layers(model)
+    if cfg.bn_stats == "paper":
+        for bn in bns:
+            bn.momentum = 0.0  # running stats come only from the post-epoch pass
+    optimizer = make_optimizer(spec.update, _param_groups(model), lr=cfg.base_lr * cfg.lr_mult,
+                               momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    step_model = torch.compile(model) if cfg.compile else model
+    data_gen = torch.Generator().manual_seed(cfg.seed)  # batch order
+    stat_gen = torch.Generator().manual_seed(cfg.seed + 1)  # BN-statistics batches
+    history: list[dict] = []
+    start_epoch, elapsed = 1, 0.0
+    diverged_epoch = None
+
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        data_gen.set_state(state["data_gen"])
+        stat_gen.set_state(state["stat_gen"])
+        torch.random.set_rng_state(state["torch_rng"])
+        history, elapsed = state["history"], state["elapsed"]
+        diverged_epoch = state.get("diverged_epoch")
+        start_epoch = len(history) + 1
+
+    n = len(tensors.x_train)
+    base = cfg.base_lr * cfg.lr_mult
+    for epoch in range(start_epoch, int(cfg.epochs) + 1):
+        if diverged_epoch is not None:
+            break
+        t0 = time.perf_counter()
+        lr = lr_at(epoch, int(cfg.epochs), base)
+        bs = next_batch(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+            if fb_wd and group.get("kind") == "feedback":
+                group["weight_decay"] = fb_wd[0] if epoch == 1 else fb_wd[1]
+
+        # -- train one epoch: no host synchronisation inside the loop ---------------------
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        wrong = torch.zeros((), dtype=torch.long, device=device)
+        perm = torch.randperm(n, generator=data_gen).to(device)
+        for i in range(0, n, bs):
+            idx = perm[i:i + bs]
+            xb, yb = tensors.x_train[idx], tensors.y_train[idx]
+            with amp():
+                out = step_model(xb)
+                # The sum over the batch, so the paper's learning rates apply as printed.
+                loss = F.cross_entropy(out.float(), yb, reduction="sum")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if spec.weight_norm:
+                renormalize(model)
+            loss_sum += loss.detach()
+            wrong += (out.detach().argmax(1) != yb).sum()
+        train_loss = loss_sum.item() / n
+        finite = math.isfinite(train_loss) and all(
+            torch.isfinite(p).all().item() for p in model.parameters())
+
+        # -- test-time BN statistics, evaluation, alignment ---------------------------------
+        row = {"epoch": epoch, "lr": lr, "batch_size": bs, "train_loss": train_loss,
+               "train_error": 100.0 * wrong.item() / n}
+        if finite:
+            if cfg.bn_stats == "paper":
+                refresh_bn_stats(model, tensors.x_train, bs, cfg.bn_stat_batches,
+                                 cfg.bn_stat_alpha, stat_gen)
+            row["test_error"] = error_rate(model, tensors.x_test, tensors.y_test,
+                                           cfg.eval_batch_size, amp)
+            if tensors.x_val is not None:
+                row["val_error"] = error_rate(model, tensors.x_val, tensors.y_val,
+                                              cfg.eval_batch_size, amp)
+            if cfg.alignment and asym_layers(model):
+                row["alignment"] = _alignment(model, tensors, cfg)
+        else:
+            diverged_epoch = epoch
+            row["test_error"] = math.nan
+            row["diverged"] = True
+        epoch_seconds = time.perf_counter() - t0
+        elapsed += epoch_seconds
+        row["seconds"] = epoch_seconds
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if ckpt is not None:
+            _save_checkpoint(ckpt, model, optimizer, data_gen, stat_gen, history, elapsed,
+                             diverged_epoch)
+
+    return summarize(cfg, spec, history, diverged_epoch, elapsed, model)
+
+
+def _alignment(model: nn.Module, t: Tensors, cfg: TrainConfig) -> list[dict]:
+    rows = {r["layer"]: r for r in M.layer_alignment(model)}
+    was = model.training
+    model.eval()
+    n = min(len(t.x_train), cfg.batch_size)
+    for r in M.error_signal_alignment(model, t.x_train[:n], t.y_train[:n]):
+        rows[r["layer"]]["grad_angle"] = r["grad_angle"]
+    model.train(was)
+    return list(rows.values())
+
+
+def _save_checkpoint(path: Path, model, optimizer, data_gen, stat_gen, history, elapsed,
+                     diverged_epoch) -> None:
+    """Write the run's state atomically (a temporary file, then rename)."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "data_gen": data_gen.get_state(),
+        "stat_gen": stat_gen.get_state(),
+        "torch_rng": torch.random.get_rng_state(),
+        "history": history,
+        "elapsed": elapsed,
+        "diverged_epoch": diverged_epoch,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def summarize(cfg: TrainConfig, spec: MethodSpec, history: list[dict], diverged_epoch,
+              elapsed: float, model: nn.Module | None = None) -> dict:
+    """The result dict of a run from its per-epoch history."""
+    tests = [(r["test_error"], r["epoch"]) for r in history if math.isfinite(r["test_error"])]
+    best_test, best_epoch = min(tests) if tests else (math.nan, None)
+    out = {
+        "config": cfg.to_dict(),
+        "method": spec.name,
+        "scheme": spec.scheme,
+        "test_error": history[-1]["test_error"] if history else math.nan,
+        "best_test_error": best_test,
+        "best_epoch": best_epoch,
+        "diverged": diverged_epoch is not None,
+        "diverged_epoch": diverged_epoch,
+        "epochs": history,
+        "seconds": elapsed,
+        **provenance(),
+    }
+    vals = [(r["val_error"], r["epoch"], r["test_error"]) for r in history
+            if math.isfinite(r.get("val_error", math.nan))]
+    if vals:
+        best_val, val_epoch, test_there = min(vals)
+        out.update(val_error=best_val, val_epoch=val_epoch, honest_test_error=test_there)
+    if model is not None:
+        out["params"] = sum(p.numel() for p in model.parameters())
+    return out
