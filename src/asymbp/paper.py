@@ -1,0 +1,69 @@
+"""The published numbers of Liao, Leibo & Poggio (AAAI 2016), shipped as package data.
+
+`published(experiment)` returns the paper's table as a DataFrame (rows: dataset keys, columns:
+method strings, values: error %). `PAPER_DATASETS` maps the paper's row names to dataset keys.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pandas as pd
+
+from .errors import unknown
+
+# The paper's row names -> asymbp dataset keys (DESIGN §7)
+PAPER_DATASETS = {
+    "MNIST": "mnist",
+    "CIFAR": "cifar10",
+    "CIFAR100": "cifar100",
+    "SVHN": "svhn",
+    "STL10": "stl10",
+    "Cal101": "caltech101",
+    "Cal256-101": "caltech256-101",
+    "iCub": "icub",
+    "Flowers17": "flowers17",
+    "Flowers102": "flowers102",
+    "PubFig83-ID": "pubfig83-id",
+    "SUFR-W-ID": "sufrw-id",
+    "LFW-ID": "lfw-id",
+    "Scene67": "scene67",
+    "TIMIT80": "timit80",
+}
+DATASET_NAMES = {v: k for k, v in PAPER_DATASETS.items()}
+
+# experiment -> (CSV file, caption)
+TABLES = {
+    "A": ("table2_experiment_a.csv", "Table 2, Experiment A: strict sign concordance"),
+    "B1": ("table3_experiment_b.csv", "Table 3, Experiment B Part 1: redrawn magnitudes, flipped signs"),
+    "B2": ("table3_experiment_b.csv", "Table 3, Experiment B Part 2: fixed magnitudes, flipped signs"),
+    "C1": ("table4_experiment_c1.csv", "Table 4 left, Experiment C1: fixed random feedback"),
+    "C2": ("table4_experiment_c2.csv", "Table 4 right, Experiment C2: frozen random layers"),
+    "BM": ("table5_bm_settings.csv", "Table 5: Batch Manhattan settings"),
+}
+
+
+def _columns_for(experiment: str, columns: list[str]) -> list[str]:
+    # Table 3 holds both parts of Experiment B: B1 = redrawn (brSF), B2 = fixed (frSF).
+    if experiment == "B1":
+        return [c for c in columns if not c.startswith("frSF")]
+    if experiment == "B2":
+        return [c for c in columns if not c.startswith("brSF")]
+    return columns
+
+
+def published(experiment: str) -> pd.DataFrame:
+    """The paper's table for `experiment` (A, B1, B2, C1, C2, BM); index: dataset keys."""
+    if experiment not in TABLES:
+        raise unknown("experiment", experiment, TABLES)
+    name, _ = TABLES[experiment]
+    with resources.files("asymbp").joinpath("paper", name).open() as f:
+        df = pd.read_csv(f)
+    df["dataset"] = df["dataset"].map(PAPER_DATASETS)
+    df = df.set_index("dataset")
+    return df[_columns_for(experiment, list(df.columns))]
+
+
+def columns(experiment: str) -> list[str]:
+    """The experiment's method columns, in the paper's order."""
+    return list(published(experiment).columns)
