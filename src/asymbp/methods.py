@@ -106,6 +106,8 @@ def parse_method(text: str, **scheme_options) -> MethodSpec:
                 raise AsymbpError(f"'BN' appears twice in {raw!r}")
             bn = True
         elif low == "wn":
+            if wn:
+                raise AsymbpError(f"'WN' appears twice in {raw!r}")
             wn = True
         else:
             if i != 0 or scheme is not None:
