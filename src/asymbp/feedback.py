@@ -199,6 +199,10 @@ class _RedrawnMixin:
     def _current_draw(self, W: Tensor) -> Tensor:
         # A new draw after every in-place update of W (optimizer step), never within a step.
         version = (id(W), W._version)
+        if self._drawn_version == "restored" and self._draw is not None:
+            # The draw saved with the state: it stays current until W's next update.
+            self._draw = self._draw.to(device=W.device, dtype=W.dtype)
+            self._drawn_version = version
         if self._draw is None or self._drawn_version != version or self._draw.device != W.device:
             self._draw = self.draw(W, self._generator(W.device))
             self._drawn_version = version
@@ -206,13 +210,14 @@ class _RedrawnMixin:
 
     def get_extra_state(self):
         state = self._gen.get_state() if self._gen is not None else self._gen_state
-        return {"generator": state}
+        return {"generator": state, "draw": self._draw}
 
     def set_extra_state(self, state) -> None:
-        self._gen_state = state.get("generator") if state else None
+        state = state or {}
+        self._gen_state = state.get("generator")
         self._gen = None
-        self._draw = None  # the draw after loading comes from the restored generator
-        self._drawn_version = None
+        self._draw = state.get("draw")
+        self._drawn_version = "restored"  # a resumed run continues with the same draws
 
 
 @register("brSF")

@@ -1,0 +1,237 @@
+"""What each scheme's V is: statistical checks, learned feedback, state_dict, compile, bf16."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import asymbp
+from asymbp import AsymConv2d, AsymLinear, feedback
+from asymbp.metrics import angle, error_signal_alignment, layer_alignment
+
+from test_layers import OSCHEMES, SCHEMES
+
+
+def sgd_step_(layer, lr=0.1):
+    """An in-place update of W, as an optimizer step does."""
+    with torch.no_grad():
+        layer.weight.add_(torch.randn_like(layer.weight), alpha=lr)
+
+
+def test_brsf_redraws_between_steps_not_within_one():
+    layer = AsymLinear(30, 20, scheme="brSF", seed=1)
+    x = torch.randn(4, 30, requires_grad=True)
+    V1 = layer.feedback_weight()
+    layer(x).sum().backward()
+    V1b = layer.feedback_weight()
+    layer(x).sum().backward()  # a second backward in the same step (gradient accumulation)
+    assert torch.equal(V1, V1b) and torch.equal(V1, layer.feedback_weight())
+    sgd_step_(layer)
+    V2 = layer.feedback_weight()
+    assert not torch.equal(V1.abs(), V2.abs())  # new magnitudes
+    assert torch.equal(torch.sign(V2), torch.where(layer.weight < 0, -1.0, 1.0))  # signs follow W
+    assert 0.45 < V2.abs().mean().item() < 0.55  # M ~ U[0, 1]
+
+
+def test_brsf_draws_are_reproducible_per_seed():
+    seqs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        layer = AsymLinear(10, 10, scheme="brSF-25", seed=7)
+        seq = []
+        for _ in range(3):
+            seq.append(layer.feedback_weight())
+            sgd_step_(layer)
+        seqs.append(seq)
+    for a, b in zip(*seqs):
+        assert torch.equal(a, b)
+
+
+def test_frsf_keeps_magnitudes_signs_follow_W():
+    layer = AsymLinear(40, 30, scheme="frSF", seed=1)
+    V1 = layer.feedback_weight()
+    with torch.no_grad():
+        layer.weight.mul_(-1)  # every sign flips
+    V2 = layer.feedback_weight()
+    torch.testing.assert_close(V1.abs(), V2.abs())
+    assert torch.equal(torch.sign(V2), torch.where(layer.weight < 0, -1.0, 1.0))
+
+
+@pytest.mark.parametrize("base", ["brSF", "frSF"])
+@pytest.mark.parametrize("p", [0, 25, 50, 100])
+def test_flip_fraction_within_binomial_tolerance(base, p):
+    layer = AsymLinear(200, 200, scheme=f"{base}-{p}", seed=3)
+    V, W = layer.feedback_weight(), layer.weight.detach()
+    flipped = (torch.sign(V) != torch.where(W < 0, -1.0, 1.0)).double().mean().item()
+    n = W.numel()
+    sd = math.sqrt(max(p / 100 * (1 - p / 100), 1e-12) / n)
+    assert abs(flipped - p / 100) <= 4 * sd + 1e-12
+
+
+def test_rndf_sigma_and_independence_of_W():
+    layer = AsymLinear(300, 200, scheme="RndF", seed=2)
+    V = layer.feedback_weight()
+    assert abs(V.std().item() - 0.05) < 0.05 * 0.02  # 60 000 draws: SE of std ≈ 0.3 %
+    assert abs(V.mean().item()) < 0.001
+    sgd_step_(layer)
+    assert torch.equal(V, layer.feedback_weight())
+    assert abs(angle(V, layer.weight) - 90) < 3
+    assert AsymLinear(3, 3, scheme="RndF", sigma=0.2, seed=1).feedback.sigma == 0.2
+
+
+def test_nusf_divides_by_fan_in():
+    lin = AsymLinear(37, 5, scheme="NuSF", seed=1)
+    conv = AsymConv2d(6, 4, (3, 5), groups=2, scheme="NuSF", seed=1)
+    for layer, fan in ((lin, 37), (conv, 3 * 3 * 5)):
+        V = layer.feedback_weight()
+        torch.testing.assert_close(V * fan, torch.where(layer.weight < 0, -1.0, 1.0))
+
+
+def test_usf_zero_weight_counts_as_plus_one():
+    layer = AsymLinear(3, 2, scheme="uSF", seed=1)
+    with torch.no_grad():
+        layer.weight.zero_()
+    assert torch.equal(layer.feedback_weight(), torch.ones(2, 3))
+
+
+def test_ssf_scale_is_init_std():
+    torch.manual_seed(0)
+    layer = AsymLinear(500, 100, scheme="sSF", seed=1)
+    c = layer.weight.detach().std().item()
+    assert abs(c - 1 / math.sqrt(3 * 500)) / c < 0.02  # PyTorch's U(±1/√fan_in) init
+    torch.testing.assert_close(layer.feedback_weight().abs(), torch.full((100, 500), c))
+
+
+def test_pfa_B_is_isotropic_and_V_has_W_shape():
+    layer = AsymConv2d(8, 64, 3, scheme="PFA", seed=1)
+    B = layer.feedback.B
+    assert B.shape == (64, 640)  # α = 10
+    # diag(BBᵀ) entries are sums of 640 squares of N(0, 1/640): mean 1, SD of their mean ≈ 0.007
+    assert abs(B.pow(2).sum(1).mean().item() - 1) < 0.03
+    ortho = AsymLinear(10, 12, scheme="PFA-o", seed=1).feedback.B
+    torch.testing.assert_close(ortho @ ortho.T, torch.eye(12), atol=1e-5, rtol=0)
+    assert layer.feedback_weight().shape == layer.weight.shape
+
+
+@pytest.mark.parametrize("scheme", ["KP", "PFA", "PFA-o"])
+def test_learned_feedback_aligns_with_W_on_regression(scheme):
+    """KP and PFA drive the V–W angle down (through the shared update and weight decay)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 30), nn.Tanh(), nn.Linear(30, 5))
+    teacher = nn.Sequential(nn.Linear(20, 30), nn.Tanh(), nn.Linear(30, 5))
+    asymbp.convert(model, scheme, seed=3)
+    opt = asymbp.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=0.05)
+    first = [r["angle"] for r in layer_alignment(model)]
+    for _ in range(300):
+        x = torch.randn(32, 20)
+        loss = F.mse_loss(model(x), teacher(x).detach(), reduction="sum") / 32
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    last = [r["angle"] for r in layer_alignment(model)]
+    assert all(a > 60 for a in first)
+    assert all(b < a - 30 for a, b in zip(first, last)), (first, last)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_state_dict_round_trip_keeps_feedback(scheme):
+    torch.manual_seed(0)
+    model = asymbp.convert(asymbp.models.build("mnist", 10), scheme, seed=1)
+    x = torch.randn(4, 1, 28, 28)
+    F.cross_entropy(model(x), torch.arange(4)).backward()
+    before = [l.feedback_weight() for _, l in asymbp.asym_layers(model)]
+    state = model.state_dict()
+    torch.manual_seed(123)
+    other = asymbp.convert(asymbp.models.build("mnist", 10), scheme, seed=99)
+    other.load_state_dict(state)
+    after = [l.feedback_weight() for _, l in asymbp.asym_layers(other)]
+    for a, b in zip(before, after):
+        if not feedback.resolve(scheme)[0].redrawn:
+            torch.testing.assert_close(a, b)
+    # Redrawn schemes: after loading, the next draw is the one the original makes next.
+    for net in (model, other):
+        for _, l in asymbp.asym_layers(net):
+            sgd_step_(l, lr=0.0)  # an update of W (version bump) with no change
+    model_next = [l.feedback_weight() for _, l in asymbp.asym_layers(model)]
+    other_next = [l.feedback_weight() for _, l in asymbp.asym_layers(other)]
+    for a, b in zip(model_next, other_next):
+        torch.testing.assert_close(a, b)
+
+
+def _grads(model, x, y):
+    model.zero_grad()
+    F.cross_entropy(model(x), y, reduction="sum").backward()
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def _small_net():
+    return nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 4 * 4, 3))
+
+
+@pytest.mark.parametrize("scheme", OSCHEMES)
+def test_compile_gives_eager_gradients(scheme):
+    torch.manual_seed(0)
+    model = asymbp.convert(_small_net(), scheme, seed=1)
+    x, y = torch.randn(5, 2, 8, 8), torch.tensor([0, 1, 2, 0, 1])
+    eager = _grads(model, x, y)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=False)
+    for a, b in zip(eager, _grads(compiled, x, y)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["uSF", "brSF-25", "PFA"])
+def test_compile_inductor_gives_eager_gradients(scheme):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = asymbp.convert(_small_net(), scheme, seed=1)
+    x, y = torch.randn(5, 2, 8, 8), torch.tensor([0, 1, 2, 0, 1])
+    eager = _grads(model, x, y)
+    compiled = torch.compile(model)
+    for a, b in zip(eager, _grads(compiled, x, y)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheme", OSCHEMES)
+def test_bf16_autocast(scheme):
+    torch.manual_seed(0)
+    model = asymbp.convert(_small_net(), scheme, seed=1)
+    x, y = torch.randn(5, 2, 8, 8), torch.tensor([0, 1, 2, 0, 1])
+    ref = _grads(model, x, y)
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        assert out.dtype == torch.bfloat16
+        loss = F.cross_entropy(out.float(), y, reduction="sum")
+    loss.backward()
+    for p, r in zip((p for p in model.parameters() if p.grad is not None), ref):
+        assert p.grad.dtype == p.dtype == torch.float32
+        assert torch.isfinite(p.grad).all()
+        assert angle(p.grad, r) < 10  # bf16 keeps ~3 significant digits
+
+
+def test_alignment_metrics():
+    torch.manual_seed(0)
+    model = asymbp.convert(asymbp.models.build("mnist", 10), "uSF", seed=1)
+    rows = layer_alignment(model)
+    assert [r["layer"] for r in rows] == ["features.0", "features.3", "classifier.0",
+                                          "classifier.2"]
+    for r in rows:
+        assert r["sign_concordance"] == 1.0
+        assert 0 < r["angle"] < 90
+    bp = asymbp.convert(asymbp.models.build("mnist", 10), "BP", seed=1)
+    assert all(r["angle"] < 1e-3 and abs(r["norm_ratio"] - 1) < 1e-6 for r in layer_alignment(bp))
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
+    signals = error_signal_alignment(bp, x, y)
+    assert all(r["grad_angle"] < 1e-3 for r in signals)
+    rnd = asymbp.convert(asymbp.models.build("mnist", 10), "RndF", seed=1)
+    signals = {r["layer"]: r["grad_angle"] for r in error_signal_alignment(rnd, x, y)}
+    assert signals["classifier.2"] < 1e-3  # the output layer's error is exact
+    assert signals["features.0"] > 45  # below random feedback, nearly orthogonal at init
+    assert all(p.grad is None for p in rnd.parameters())  # no .grad touched
+    assert rnd.features[0].scheme == "RndF"  # the schemes come back
