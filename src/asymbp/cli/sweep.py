@@ -1,0 +1,133 @@
+"""`asymbp sweep`: an experiment (or a grid of methods × datasets) into the results database."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import AsymbpError
+
+HELP = "run an experiment of the paper (A, B1, B2, C1, C2, BM) or a methods x datasets grid"
+
+EPILOG = """examples:
+  asymbp sweep --experiment A --datasets mnist5k --epochs 65 --db results.db
+  asymbp sweep --experiment A --datasets mnist5k --epochs 2 --lr-mults 10,1 --db quick.db
+  asymbp sweep --methods "uSF+BN+BM,RndF+BN" --datasets mnist5k,mnist1d --seeds 1-3 --db grid.db
+Running the same command again skips finished runs and resumes unfinished ones."""
+
+
+def add_parser(sub) -> None:
+    import argparse
+
+    from .run import add_run_options
+
+    p = sub.add_parser("sweep", help=HELP, description=HELP + ".", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiment", help="A, B1, B2, C1, C2 or BM: the paper's table columns")
+    p.add_argument("--methods", help="comma-separated method strings: a grid, or with "
+                                     "--experiment a subset of its columns")
+    p.add_argument("--datasets", help="comma-separated dataset keys (default with --experiment: "
+                                      "the paper's datasets)")
+    p.add_argument("--lr-mults", metavar="K,...",
+                   help="learning-rate multipliers of every cell (default: 100,10,1,0.1,0.01)")
+    p.add_argument("--seeds", help="seeds of every cell: 1 or 1,2,3 or 1-5 (default: 1)")
+    p.add_argument("--db", default="results.db", help="results database (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs at once (default: the number of cores, local; the cluster's CPUs, "
+                        "Ray); each gets cores // workers torch threads")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads per worker (default: cores // workers)")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local worker processes or a Ray cluster (default: %(default)s)")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the planned runs and what is already stored; run nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_options(p, single=False)
+    p.set_defaults(func=run)
+
+
+def plan_from_args(args):
+    """The validated runs of the command (every user mistake is raised here)."""
+    from ..experiments import LR_MULTS, parse_floats, parse_list, parse_seeds, plan
+    from .run import config_from_args
+
+    return plan(experiment=args.experiment,
+                methods=parse_list(args.methods, "method") or None,
+                datasets=parse_list(args.datasets, "dataset") or None,
+                lr_mults=parse_floats(args.lr_mults, "learning-rate multiplier", LR_MULTS),
+                seeds=parse_seeds(args.seeds), base=config_from_args(args))
+
+
+def run(args) -> int:
+    from .. import store
+    from ..sweep import cores, sweep
+
+    runs = plan_from_args(args)
+    if args.workers is not None and args.workers < 1:
+        raise AsymbpError(f"--workers must be >= 1, got {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        raise AsymbpError(f"--threads must be >= 1, got {args.threads}")
+    if args.address and args.backend != "ray":
+        raise AsymbpError("--address is for --backend ray")
+    workers = args.workers
+    if args.backend == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise AsymbpError("--backend ray needs the ray package: pip install 'asymbp[ray]'"
+                              ) from None
+        if workers is None:
+            import ray
+
+            if not ray.is_initialized():
+                ray.init(address=args.address, log_to_driver=False, include_dashboard=False,
+                         configure_logging=False)
+            workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // (args.threads or 1))
+    workers = workers or cores()
+    store.check(args.db)  # a non-SQLite file or a newer schema stops here, nothing written
+    if args.dry_run:
+        return _dry_run(runs, args.db)
+    counts = sweep(runs, args.db, workers=workers, backend=args.backend, address=args.address,
+                   threads=args.threads, retry_failed=args.retry_failed,
+                   progress=not args.no_progress and sys.stderr.isatty())
+    _summary(runs, args.db, counts)
+    return 0
+
+
+def _dry_run(runs, db) -> int:
+    from pathlib import Path
+
+    from ..store import Store
+    from ..sweep import label
+
+    stored = {}
+    if Path(db).exists():
+        with Store(db, readonly=True) as s:
+            stored = s.statuses([r.key for r in runs])
+    for r in runs:
+        print(f"{r.key}  {stored.get(r.key, 'new'):<8}  {r.experiment:<4} {label(r)}")
+    print(f"{len(runs)} runs, {sum(1 for r in runs if r.key not in stored)} not yet in {db}")
+    return 0
+
+
+def _summary(runs, db, counts) -> None:
+    import pandas as pd
+
+    from ..cells import cell_values, table
+    from ..experiments import EXPERIMENTS
+    from ..store import load
+
+    print(f"{counts['planned']} runs: {counts['done']} done, {counts['diverged']} diverged, "
+          f"{counts['failed']} failed, {counts['pending'] + counts['running']} unfinished "
+          f"({counts['skipped']} already in {db})")
+    keys = {r.key for r in runs}
+    df = load(db)
+    df = df[df["run_key"].isin(keys)]
+    protocol = runs[0].config.get("protocol", "paper") if runs else "paper"
+    for exp, part in df.groupby("experiment", sort=False):
+        cells = cell_values(part, protocol=protocol)
+        cols = EXPERIMENTS[exp].columns if exp in EXPERIMENTS else None
+        with pd.option_context("display.width", 200, "display.max_columns", 50):
+            print(f"\n{exp} ({protocol} protocol, test error %):")
+            print(table(cells, cols).to_string())

@@ -1,0 +1,230 @@
+"""Experiments as data (DESIGN §6): which (method, dataset) cells, and which runs fill a cell.
+
+An experiment is a list of method columns — exactly the paper's table headers for `A`, `B1`,
+`B2`, `C1`, `C2` and `BM` (`asymbp.paper.columns`) — crossed with datasets. Every (method,
+dataset) cell expands to one run per learning-rate multiplier × seed (the paper: five
+multipliers, one seed) and per *procedure*: a cell normally has one procedure, but Table 2's
+`uSF+BM` cell also tried batch 100 for 3 epochs then 500, and reported the better one, so
+Experiment A's `uSF+BM` cell runs both. The cell value then takes the best over all of a cell's
+runs (`asymbp.cells`).
+
+`plan(...)` turns an experiment (or a user grid of methods × datasets) into `RunSpec`s; it
+validates every name first, so a mistake is one line before any work is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+
+from .errors import AsymbpError, unknown
+
+LR_MULTS = (100.0, 10.0, 1.0, 0.1, 0.01)  # k in lr = 5e-4 × k (DESIGN §6)
+SEEDS = (1,)
+GRID = "grid"  # the experiment label of a user grid (methods × datasets)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A paper table: its columns come from the published CSV, `procedures` add runs to a cell.
+
+    Attributes:
+        key: A, B1, B2, C1, C2, BM.
+        caption: the paper's table caption.
+        procedures: method -> {procedure label: config overrides}, for the cells that run more
+            than the default procedure (label "" with no overrides is always run).
+    """
+
+    key: str
+    caption: str
+    procedures: dict = field(default_factory=dict)
+
+    @property
+    def columns(self) -> list[str]:
+        from .paper import columns
+
+        return columns(self.key)
+
+    @property
+    def datasets(self) -> list[str]:
+        from .paper import published
+
+        return list(published(self.key).index)
+
+
+EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def register(key: str, procedures: dict | None = None) -> Experiment:
+    from .paper import TABLES
+
+    exp = Experiment(key, TABLES[key][1], procedures or {})
+    EXPERIMENTS[key] = exp
+    return exp
+
+
+# Table 2: "uSF+BM ... we also tried batch size 100 for 3 epochs, then 500" — the better counts.
+register("A", {"uSF+BM": {"batch 100:3,500": {"batch_schedule": "100:3,500"}}})
+register("B1")
+register("B2")
+register("C1")
+register("C2")
+register("BM")
+
+
+def get(key: str) -> Experiment:
+    """The experiment `key` (case-insensitive), or the one-line error listing the valid ones."""
+    for k, exp in EXPERIMENTS.items():
+        if k.lower() == str(key).lower():
+            return exp
+    raise unknown("experiment", key, EXPERIMENTS, "or give --methods and --datasets for a grid")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: its place in the table and the full `TrainConfig` dict."""
+
+    experiment: str
+    method: str  # the column label as written (e.g. "uSF+BN+BM@top"), also config["method"]
+    dataset: str
+    lr_mult: float
+    seed: int
+    procedure: str  # "" = the default procedure; else a label such as "batch 100:3,500"
+    config: dict
+
+    @property
+    def key(self) -> str:
+        return run_key(self.experiment, self.config)
+
+
+# Fields that change where or how fast a run executes, not what it computes.
+_NOT_IN_KEY = ("device", "data_dir", "compile")
+
+
+def canonical_config(config: dict) -> str:
+    """The config as canonical JSON (sorted keys, every field filled in, execution-only fields
+    dropped), the input of the run key."""
+    from .train import TrainConfig
+
+    full = TrainConfig.from_dict(dict(config)).to_dict()
+    for k in _NOT_IN_KEY:
+        full.pop(k, None)
+    return json.dumps(full, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def run_key(experiment: str, config: dict) -> str:
+    """A run's unique key: a hash of its experiment and canonical config. The same command asks
+    for the same keys, which is how a sweep resumes and why a duplicate run cannot exist."""
+    text = experiment + "\n" + canonical_config(config)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def parse_list(text: str | None, what: str) -> list[str]:
+    if text is None:
+        return []
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise AsymbpError(f"empty {what} list; give a comma-separated list")
+    return items
+
+
+def parse_floats(text: str | None, what: str, default) -> list[float]:
+    if text is None:
+        return list(default)
+    out = []
+    for t in parse_list(text, what):
+        try:
+            v = float(t)
+        except ValueError:
+            raise AsymbpError(f"bad {what} {t!r}; expected numbers, e.g. 100,10,1,0.1,0.01") from None
+        if not (v > 0 and math.isfinite(v)):
+            raise AsymbpError(f"{what} must be > 0, got {t}")
+        out.append(v)
+    return out
+
+
+def parse_seeds(text: str | None) -> list[int]:
+    """'1', '1,2,3' or '1-5' -> seeds."""
+    if text is None:
+        return list(SEEDS)
+    out: list[int] = []
+    try:
+        for t in parse_list(text, "seed"):
+            if "-" in t[1:]:
+                a, b = t.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            else:
+                out.append(int(t))
+    except ValueError:
+        raise AsymbpError(f"bad seeds {text!r}; expected e.g. 1 or 1,2,3 or 1-5") from None
+    if not out:
+        raise AsymbpError(f"bad seeds {text!r}; the range is empty")
+    return list(dict.fromkeys(out))
+
+
+def plan(experiment: str | None = None, methods: list[str] | None = None,
+         datasets: list[str] | None = None, lr_mults=LR_MULTS, seeds=SEEDS,
+         base: dict | None = None) -> list[RunSpec]:
+    """Every run of an experiment or grid, validated.
+
+    Arguments:
+        experiment: A, B1, B2, C1, C2, BM; None for a user grid (then `methods` and `datasets`
+            are required).
+        methods: with an experiment, a subset of its columns; else the grid's methods.
+        datasets: dataset keys (default for an experiment: the paper's datasets).
+        lr_mults, seeds: each cell's runs.
+        base: `TrainConfig` fields shared by every run (epochs, model, protocol, ...).
+
+    Returns:
+        `RunSpec`s in a stable order: dataset, method, procedure, multiplier, seed.
+    """
+    from . import data
+    from .methods import parse_method
+    from .train import TrainConfig, check_config
+
+    base = dict(base or {})
+    for k in ("dataset", "method", "lr_mult", "seed"):
+        base.pop(k, None)
+    if experiment is not None:
+        exp = get(experiment)
+        label, procedures = exp.key, exp.procedures
+        if methods:
+            valid = exp.columns
+            for m in methods:
+                if m not in valid:
+                    raise unknown(f"method column of experiment {exp.key}", m, valid)
+        else:
+            methods = exp.columns
+        datasets = datasets or exp.datasets
+    else:
+        label, procedures = GRID, {}
+        if not methods or not datasets:
+            raise AsymbpError("give --experiment (A, B1, B2, C1, C2, BM) or both --methods and "
+                              "--datasets for a grid")
+    for m in methods:
+        parse_method(m)
+    for d in datasets:
+        data.check_key(d)
+    if not lr_mults or not seeds:
+        raise AsymbpError("a sweep needs at least one learning-rate multiplier and one seed")
+    methods, datasets = list(dict.fromkeys(methods)), list(dict.fromkeys(datasets))
+
+    runs = []
+    for d in datasets:
+        for m in methods:
+            for proc, overrides in {"": {}, **procedures.get(m, {})}.items():
+                for k in lr_mults:
+                    for s in seeds:
+                        cfg = {**base, **overrides, "dataset": d, "method": m,
+                               "lr_mult": float(k), "seed": int(s)}
+                        runs.append(RunSpec(label, m, d, float(k), int(s), proc, cfg))
+    # Every config is checked before the first run starts (cheap: no data is loaded).
+    checked = set()
+    for r in runs:
+        sig = (r.method, r.config.get("batch_schedule"))
+        if sig not in checked:
+            check_config(TrainConfig.from_dict(r.config))
+            checked.add(sig)
+    return runs

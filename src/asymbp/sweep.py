@@ -1,0 +1,380 @@
+"""The cartesian product of methods and datasets, run by local processes or Ray (DESIGN §6, §8).
+
+`sweep(runs, db)` is the driver: it records every planned run in the results database, skips the
+finished ones, hands the rest to an executor and writes what comes back — it is the only writer
+of the database. An executor is a generator of events, the same whichever runs the work:
+
+    ("start", worker, run_key)           a worker began (or resumed) the run
+    ("epoch", worker, run_key, row)      an epoch finished (the row `train` gives `on_epoch`)
+    ("done", worker, run_key, result)    the run's result dict (`train`'s return value)
+    ("failed", worker, run_key, error)   an exception, as text
+
+- `local`: worker processes (spawned), each with `cores // workers` torch threads so the cores
+  are not oversubscribed; each loads a dataset once and keeps it for all its runs.
+- `ray`: one actor per worker on a Ray cluster (`ray.init(address)`), same threads rule.
+
+Faults: every run checkpoints after each epoch to `<db>.runs/<run_key>.pt`, so running the same
+command again continues unfinished runs from their last epoch; the driver writes each epoch as
+it arrives, so `kill -9` loses at most the epochs in flight. A run that raises is stored as
+failed with its error and the sweep goes on (`retry_failed` runs those again); a run whose loss
+becomes NaN/inf is stored as diverged.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import AsymbpError
+from .experiments import RunSpec
+from .store import FINISHED, Store
+
+BACKENDS = ("local", "ray")
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, cores() // max(1, workers))
+
+
+def checkpoint_dir(db) -> Path:
+    return Path(str(db) + ".runs")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a worker needs for one run (picklable)."""
+
+    key: str
+    config: dict
+    checkpoint: str
+
+
+# ---- what a worker does (shared by both executors) -----------------------------------------
+
+
+class Runner:
+    """A worker's state: its torch threads and the datasets it has loaded (once each)."""
+
+    def __init__(self, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.datasets: dict = {}
+
+    def dataset(self, config: dict):
+        from . import data
+
+        key = (config["dataset"], config.get("data_dir"), config.get("data_seed", 0))
+        if key not in self.datasets:
+            self.datasets[key] = data.load(key[0], key[1], seed=key[2])
+        return self.datasets[key]
+
+    def run(self, task: Task, emit) -> tuple:
+        """Train `task`, streaming epochs through `emit(event)`; return the final event."""
+        from .train import train
+
+        try:
+            result = train(task.config, checkpoint=task.checkpoint, data=self.dataset(task.config),
+                           on_epoch=lambda row: emit(("epoch", task.key, row)))
+            return ("done", task.key, result)
+        except Exception as err:  # noqa: BLE001 - any failure is recorded, the sweep goes on
+            if isinstance(err, AsymbpError):
+                return ("failed", task.key, str(err))
+            return ("failed", task.key,
+                    f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}")
+
+
+# ---- local worker processes ------------------------------------------------------------------
+
+
+def _orphan_watchdog(parent: int) -> None:
+    """End this worker when the driver is gone (e.g. `kill -9`), so no orphan keeps training."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _local_worker(wid: int, tasks, events, threads: int, parent: int) -> None:
+    threading.Thread(target=_orphan_watchdog, args=(parent,), daemon=True).start()
+    runner = Runner(threads)
+    while (task := tasks.get()) is not None:
+        events.put(("start", wid, task.key))
+        kind, key, payload = runner.run(task, lambda ev: events.put((ev[0], wid, *ev[1:])))
+        events.put((kind, wid, key, payload))
+
+
+def run_local(tasks: list[Task], workers: int, threads: int):
+    """Run `tasks` in `workers` spawned processes; yield events (see the module docstring)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
+    task_q, event_q = ctx.Queue(), ctx.Queue()
+    for t in tasks:
+        task_q.put(t)
+    workers = max(1, min(workers, len(tasks)))
+    for _ in range(workers):
+        task_q.put(None)
+    procs = [ctx.Process(target=_local_worker, args=(w, task_q, event_q, threads, os.getpid()),
+                         daemon=True, name=f"asymbp-worker-{w}") for w in range(workers)]
+    for p in procs:
+        p.start()
+    current: dict[int, str] = {}
+    remaining = len(tasks)
+    try:
+        while remaining:
+            try:
+                ev = event_q.get(timeout=1.0)
+            except queue.Empty:
+                for w, p in enumerate(procs):
+                    if not p.is_alive() and w in current:
+                        remaining -= 1
+                        yield ("failed", w, current.pop(w),
+                               f"worker process died (exit code {p.exitcode})")
+                if not any(p.is_alive() for p in procs):
+                    break  # what is left stays pending for the next sweep
+                continue
+            kind, w, key = ev[:3]
+            if kind == "start":
+                current[w] = key
+            elif kind in ("done", "failed"):
+                current.pop(w, None)
+                remaining -= 1
+            yield ev
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=10)
+
+
+# ---- Ray ---------------------------------------------------------------------------------------
+
+
+class _RayWorker:
+    """A Ray actor: a `Runner` that streams epochs through a Ray queue."""
+
+    def __init__(self, wid: int, threads: int, events):
+        self.wid, self.events, self.runner = wid, events, Runner(threads)
+
+    def run(self, task: Task):
+        kind, key, payload = self.runner.run(
+            task, lambda ev: self.events.put((ev[0], self.wid, *ev[1:])))
+        return (kind, self.wid, key, payload)
+
+
+def run_ray(tasks: list[Task], workers: int, threads: int, address: str | None = None):
+    """Run `tasks` on `workers` Ray actors (a local Ray unless `address`, or one already
+    initialised); yield the same events as `run_local`."""
+    import ray
+    from ray.util.queue import Empty, Queue
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, include_dashboard=False,
+                 configure_logging=False)
+    events = Queue()
+    actor = ray.remote(num_cpus=threads)(_RayWorker)
+    workers = max(1, min(workers, len(tasks)))
+    actors = [actor.remote(w, threads, events) for w in range(workers)]
+    todo, inflight, idle = list(tasks), {}, list(range(workers))[::-1]
+
+    def drain():
+        while True:
+            try:
+                yield events.get_nowait()
+            except Empty:
+                return
+
+    try:
+        while todo or inflight:
+            while idle and todo:
+                w, t = idle.pop(), todo.pop(0)
+                inflight[actors[w].run.remote(t)] = (w, t.key)
+                yield ("start", w, t.key)
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
+            yield from drain()
+            for ref in ready:
+                w, key = inflight.pop(ref)
+                try:
+                    ev = ray.get(ref)
+                except ray.exceptions.RayError as err:
+                    ev = ("failed", w, key, f"Ray worker failed: {str(err).splitlines()[0]}")
+                    actors[w] = actor.remote(w, threads, events)
+                yield from drain()
+                yield ev
+                idle.append(w)
+    finally:
+        for a in actors:
+            ray.kill(a)
+        ray.kill(events.actor)
+
+
+# ---- the driver ------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_not_running(db) -> None:
+    """Refuse a second concurrent sweep on one database (this host's sweeps are checked)."""
+    if not Path(db).exists():
+        return
+    try:
+        with Store(db, readonly=True) as s:
+            meta = s.meta()
+    except Exception:  # noqa: BLE001 - an unreadable meta is checked elsewhere
+        return
+    pid, host = meta.get("sweep_pid"), meta.get("sweep_host")
+    if (pid and host == socket.gethostname() and meta.get("sweep_state") == "running"
+            and int(pid) != os.getpid() and _pid_alive(int(pid))):
+        raise AsymbpError(f"another sweep (pid {pid}) is writing {db}; wait for it or stop it "
+                          "first")
+
+
+def label(run: RunSpec) -> str:
+    proc = f" [{run.procedure}]" if run.procedure else ""
+    return f"{run.method}{proc} on {run.dataset} k={run.lr_mult:g} seed {run.seed}"
+
+
+def sweep(runs: list[RunSpec], db, *, workers: int = 1, backend: str = "local",
+          address: str | None = None, threads: int | None = None, retry_failed: bool = False,
+          progress: bool = True, log=None) -> dict:
+    """Run every run of `runs` not yet finished in `db`; return counts by final status.
+
+    Arguments:
+        runs: from `asymbp.experiments.plan`.
+        db: the results database path (created if missing).
+        workers: processes (local) or actors (Ray) running at once.
+        backend: "local" or "ray" (`address`: a Ray cluster; default a local one).
+        threads: torch threads per worker (default: cores // workers, at least 1).
+        retry_failed: run the runs stored as failed again (otherwise they are skipped).
+        progress: show a tqdm bar (runs done / total, ETA, each worker's run) on stderr.
+        log: where one line per finished run goes (default: stdout; None-like False: nowhere).
+    """
+    if int(workers) < 1:
+        raise AsymbpError(f"--workers must be >= 1, got {workers}")
+    if backend not in BACKENDS:
+        raise AsymbpError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    threads = threads or threads_per_worker(workers)
+    check_not_running(db)
+    log = sys.stdout if log is None else log
+    from ._provenance import provenance
+
+    prov = provenance()
+    store = Store(db)
+    try:
+        store.add_runs(runs)
+        by_key = {r.key: r for r in runs}
+        status = store.statuses(by_key)
+        skip = ("done", "diverged") if retry_failed else ("done", "diverged", "failed")
+        todo = [r for r in by_key.values() if status[r.key] not in skip]
+        counts = {"planned": len(by_key), "skipped": len(by_key) - len(todo)}
+        if not todo:
+            return {**counts, **_final_counts(store, by_key)}
+        store.set_meta(sweep_pid=os.getpid(), sweep_host=socket.gethostname(),
+                       sweep_state="running", sweep_started=time.time())
+        ckdir = checkpoint_dir(db)
+        ckdir.mkdir(exist_ok=True)
+        tasks = [Task(r.key, r.config, str(ckdir / f"{r.key}.pt")) for r in todo]
+        done_epochs = {r.key: 0 for r in todo}
+        for key, n in store.con.execute("SELECT run_key, epochs_done FROM runs").fetchall():
+            if key in done_epochs:
+                done_epochs[key] = n
+        total_epochs = sum(int(r.config.get("epochs", 65)) - done_epochs[r.key] for r in todo)
+
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=max(total_epochs, 0), unit="epoch", file=sys.stderr,
+                       dynamic_ncols=True, smoothing=0.05)
+        n_done, running = 0, {}
+
+        def show():
+            if bar is not None:
+                bar.set_description(f"runs {n_done}/{len(todo)}", refresh=False)
+                bar.set_postfix_str(" | ".join(
+                    f"w{w}: {label(by_key[k])} e{done_epochs[k]}"
+                    for w, k in sorted(running.items())), refresh=True)
+
+        def say(line):
+            if bar is not None:
+                bar.write(line, file=log)
+            elif log:
+                print(line, file=log, flush=True)
+
+        device = str(runs[0].config.get("device", "cpu")) if runs else "cpu"
+        if backend == "ray":
+            events = run_ray(tasks, workers, threads, address)
+        else:
+            events = run_local(tasks, workers, threads)
+        show()
+        for ev in events:
+            kind, w, key = ev[:3]
+            run = by_key[key]
+            if kind == "start":
+                running[w] = key
+                store.start(key, prov["host"], str(run.config.get("device", device)),
+                            prov["version"], prov["commit"])
+            elif kind == "epoch":
+                store.add_epoch(key, ev[3])
+                done_epochs[key] = max(done_epochs[key], int(ev[3]["epoch"]))
+                if bar is not None:
+                    bar.update(1)
+            elif kind == "done":
+                result = ev[3]
+                for row in result.get("epochs", []):  # epochs lost in flight before a kill
+                    store.add_epoch(key, row)
+                store.finish(key, result)
+                (ckdir / f"{key}.pt").unlink(missing_ok=True)
+                left = int(run.config.get("epochs", 65)) - done_epochs[key]
+                if bar is not None and left > 0:
+                    bar.update(left)  # a diverged run ends early
+                n_done += 1
+                running.pop(w, None)
+                state = (f"DIVERGED at epoch {result['diverged_epoch']}" if result["diverged"]
+                         else f"best {result['best_test_error']:.2f}%")
+                say(f"{label(run)}: {state} ({result['seconds']:.1f}s)")
+            elif kind == "failed":
+                store.fail(key, ev[3])
+                n_done += 1
+                running.pop(w, None)
+                say(f"{label(run)}: FAILED: {ev[3].splitlines()[0]}")
+            show()
+        if bar is not None:
+            bar.close()
+        store.set_meta(sweep_state="finished", sweep_finished=time.time())
+        return {**counts, **_final_counts(store, by_key)}
+    finally:
+        store.close()
+
+
+def _final_counts(store: Store, by_key) -> dict:
+    st = store.statuses(by_key)
+    out = {s: 0 for s in ("done", "diverged", "failed", "pending", "running")}
+    for s in st.values():
+        out[s] = out.get(s, 0) + 1
+    out["finished"] = sum(out[s] for s in FINISHED)
+    return out
