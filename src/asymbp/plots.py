@@ -1,0 +1,311 @@
+"""The figures a reader of the results wants, from the results database's DataFrames.
+
+Every function takes DataFrames (`asymbp.store.load`, `load_epochs`, `load_alignment`, or a
+`report.table`) and returns a matplotlib Figure; `save(fig, stem)` writes `stem.png` and
+`stem.svg`. Colours are Okabe–Ito (safe for colour-blind readers) and every line also differs
+in style and marker, so the figures read in greyscale print.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+# Okabe & Ito (2008), "Color Universal Design": distinguishable under every common colour
+# vision deficiency.
+OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
+             "#F0E442"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+GREY = "#777777"
+
+plt.rcParams.update({
+    "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8,
+    "lines.linewidth": 1.6, "lines.markersize": 4.5, "axes.grid": True, "grid.alpha": 0.3,
+    "savefig.bbox": "tight", "svg.fonttype": "none",
+})
+
+
+def style(i: int) -> dict:
+    """The i-th line's colour, marker and line style (all three differ between neighbours)."""
+    return {"color": OKABE_ITO[i % len(OKABE_ITO)], "marker": MARKERS[i % len(MARKERS)],
+            "linestyle": LINESTYLES[i % len(LINESTYLES)]}
+
+
+def save(fig, stem: str | os.PathLike, dpi: int = 150) -> list[Path]:
+    """Write `stem.png` and `stem.svg`; return both paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for p in paths:
+        fig.savefig(p, dpi=dpi)
+    return paths
+
+
+def png_bytes(fig, dpi: int = 110) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _grid(n: int, ncols: int = 4, w: float = 2.6, h: float = 2.2, sharey=True):
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols + 0.6, h * nrows + 0.6),
+                             squeeze=False, sharey=sharey, sharex=True)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _mult_label(k: float) -> str:
+    return f"k = {k:g}"
+
+
+# ---- learning curves ----------------------------------------------------------------------
+
+def learning_curves(epochs: pd.DataFrame, dataset: str, method: str, ax=None,
+                    legend: bool = True):
+    """Test (solid) and training (dashed) error per epoch of one cell, one colour and marker
+    per learning-rate multiplier (seeds averaged)."""
+    cell = epochs[(epochs["dataset"] == dataset) & (epochs["method"] == method)]
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.2, 3.0))
+    mults = sorted(cell["lr_mult"].unique(), reverse=True)
+    for i, k in enumerate(mults):
+        c = cell[cell["lr_mult"] == k].groupby("epoch")[["test_error", "train_error"]].mean()
+        s = style(i)
+        ax.plot(c.index, c["test_error"], color=s["color"], marker=s["marker"], linestyle="-",
+                label=_mult_label(k))
+        ax.plot(c.index, c["train_error"], color=s["color"], marker=s["marker"], linestyle="--",
+                markerfacecolor="none", alpha=0.8)
+    ax.set_title(method)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("error (%)")
+    if len(cell) and cell["epoch"].max() <= 10:
+        ax.set_xticks(range(1, int(cell["epoch"].max()) + 1))
+    if legend and mults:
+        ax.legend(title="lr multiplier", frameon=False)
+    return fig if fig is not None else ax.figure
+
+
+def learning_curves_grid(epochs: pd.DataFrame, dataset: str, methods: list[str] | None = None):
+    """`learning_curves` of every method on `dataset`, one panel per cell, one shared legend."""
+    sub = epochs[epochs["dataset"] == dataset]
+    methods = methods or list(dict.fromkeys(sub["method"]))
+    fig, axes = _grid(len(methods))
+    for ax, m in zip(axes, methods):
+        learning_curves(sub, dataset, m, ax=ax, legend=False)
+        if ax not in axes[-min(4, len(axes)):]:
+            ax.set_xlabel("")
+    handles = [plt.Line2D([], [], **{**style(i), "linestyle": "-"}, label=_mult_label(k))
+               for i, k in enumerate(sorted(sub["lr_mult"].unique(), reverse=True))]
+    handles += [plt.Line2D([], [], color=GREY, linestyle="-", label="test"),
+                plt.Line2D([], [], color=GREY, linestyle="--", label="train")]
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False,
+               bbox_to_anchor=(0.5, 1.0))
+    fig.suptitle(f"Learning curves on {dataset}", y=1.06)
+    fig.tight_layout()
+    return fig
+
+
+# ---- Experiment B: error against the flip probability -------------------------------------
+
+_FLIP = re.compile(r"^(br|fr)SF(?:-(\d+))?\+BN\+BM$")
+
+
+def flip_points(methods) -> dict[str, tuple[str, int]]:
+    """method -> ("redrawn" | "fixed", p in %) for Experiment B's columns."""
+    out = {}
+    for m in methods:
+        hit = _FLIP.match(m)
+        if hit:
+            out[m] = ("redrawn" if hit.group(1) == "br" else "fixed", int(hit.group(2) or 0))
+    return out
+
+
+def has_flip_data(runs: pd.DataFrame, dataset: str) -> bool:
+    sub = runs[runs["experiment"].isin(["B1", "B2"]) & (runs["dataset"] == dataset)]
+    return bool(flip_points(sub["method"].unique()))
+
+
+def flip_probability(runs: pd.DataFrame, dataset: str, protocol: str = "paper"):
+    """Error against p, the probability that a feedback sign disagrees with W (Experiment B):
+    redrawn magnitudes (B1) and fixed ones (B2), ours solid, the paper's dotted, SGD a band."""
+    from . import paper as P
+    from .report import PAPER_ROW, cell_values
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    sgd = None
+    for i, (exp, kind) in enumerate((("B1", "redrawn"), ("B2", "fixed"))):
+        sub = runs[(runs["experiment"] == exp) & (runs["dataset"] == dataset)]
+        pts = {m: p for m, (k, p) in flip_points(sub["method"].unique()).items() if k == kind}
+        s = style(i)
+        if pts:
+            cells = cell_values(sub, protocol=protocol).set_index("method")
+            xs = sorted(pts.items(), key=lambda kv: kv[1])
+            ys = [cells.loc[m, "value"] for m, _ in xs]
+            err = [cells.loc[m, "std"] for m, _ in xs]
+            ax.errorbar([p for _, p in xs], ys, yerr=np.nan_to_num(err), capsize=3,
+                        label=f"{kind} (ours)", **s)
+            if "SGD" in cells.index and math.isfinite(cells.loc["SGD", "value"]):
+                sgd = cells.loc["SGD", "value"]
+        pub = P.published(exp)
+        row = dataset if dataset in pub.index else PAPER_ROW.get(dataset)
+        if row in pub.index:
+            pp = sorted((p, pub.loc[row, m]) for m, (k, p) in flip_points(pub.columns).items()
+                        if k == kind)
+            ax.plot([p for p, _ in pp], [v for _, v in pp], color=s["color"], linestyle=":",
+                    marker=s["marker"], markerfacecolor="none", label=f"{kind} (paper)")
+    if sgd is not None:
+        ax.axhline(sgd, color=GREY, linestyle="-.", linewidth=1.2, label="SGD (ours)")
+    ax.set_xlabel("probability p that a feedback sign is flipped (%)")
+    ax.set_ylabel("error (%)")
+    ax.set_xticks([0, 25, 50, 75, 100])
+    ax.set_title(f"Experiment B on {dataset}")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+# ---- Experiment C2: bottom vs top ---------------------------------------------------------
+
+def c2_bars(runs: pd.DataFrame, dataset: str, protocol: str = "paper"):
+    """Grouped bars per method: @bottom (last layer random and frozen) and @top (every layer
+    but the last), the paper's values as black markers."""
+    from . import paper as P
+    from .report import PAPER_ROW, cell_values
+
+    sub = runs[(runs["experiment"] == "C2") & (runs["dataset"] == dataset)]
+    cells = cell_values(sub, protocol=protocol).set_index("method")
+    order = [c.split("@")[0] for c in P.columns("C2")]
+    bases = list(dict.fromkeys(order + [m.split("@")[0] for m in cells.index if "@" in m]))
+    bases = [b for b in bases if f"{b}@bottom" in cells.index or f"{b}@top" in cells.index]
+    pub = P.published("C2")
+    row = dataset if dataset in pub.index else PAPER_ROW.get(dataset)
+    fig, ax = plt.subplots(figsize=(1.2 * max(len(bases), 2) + 1.5, 3.2))
+    x = np.arange(len(bases))
+    w = 0.38
+    for j, (where, hatch) in enumerate((("bottom", "//"), ("top", ".."))):
+        vals = [cells.loc[f"{b}@{where}", "value"] if f"{b}@{where}" in cells.index else np.nan
+                for b in bases]
+        errs = [cells.loc[f"{b}@{where}", "std"] if f"{b}@{where}" in cells.index else np.nan
+                for b in bases]
+        pos = x + (j - 0.5) * w
+        ax.bar(pos, vals, w, yerr=np.nan_to_num(errs), capsize=3, color=OKABE_ITO[j],
+               hatch=hatch, edgecolor="black", linewidth=0.6, label=where)
+        if row in pub.index:
+            pv = [pub.loc[row, f"{b}@{where}"] if f"{b}@{where}" in pub.columns else np.nan
+                  for b in bases]
+            ax.plot(pos, pv, linestyle="none", marker="D", color="black", markersize=5,
+                    label="paper" if j == 0 else None)
+    ax.set_xticks(x, bases, rotation=20, ha="right")
+    ax.set_ylabel("error (%)")
+    ax.set_title(f"Experiment C2 on {dataset}: random, frozen layers")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+# ---- alignment ----------------------------------------------------------------------------
+
+def cell_run(runs: pd.DataFrame, dataset: str, method: str, keys=None) -> str | None:
+    """The run behind a cell (the lowest best test error; among `keys` when given)."""
+    sub = runs[(runs["dataset"] == dataset) & (runs["method"] == method)
+               & runs["status"].isin(["done", "diverged"])]
+    if keys is not None:
+        sub = sub[sub["run_key"].isin(set(keys))]
+    sub = sub.dropna(subset=["best_test_error"])
+    if not len(sub):
+        return None
+    return sub.sort_values("best_test_error")["run_key"].iloc[0]
+
+
+def alignment_curves(alignment: pd.DataFrame, run_key: str, axes=None, legend: bool = True):
+    """The V–W angle and the error-signal angle per layer over epochs of one run."""
+    a = alignment[alignment["run_key"] == run_key]
+    fig = None
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8), sharey=True)
+    layers = list(dict.fromkeys(a["layer"]))
+    for i, layer in enumerate(layers):
+        al = a[a["layer"] == layer].sort_values("epoch")
+        axes[0].plot(al["epoch"], al["angle"], label=layer, **style(i))
+        axes[1].plot(al["epoch"], al["grad_angle"], label=layer, **style(i))
+    axes[0].set_ylabel("angle (degrees)")
+    axes[0].set_title("V–W angle")
+    axes[1].set_title("error signal vs backprop")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0, 95)
+        ax.set_yticks([0, 30, 60, 90])
+    if legend and layers:
+        axes[1].legend(title="layer", frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
+    return fig if fig is not None else axes[0].figure
+
+
+def alignment_grid(alignment: pd.DataFrame, dataset: str, runs: pd.DataFrame,
+                   methods: list[str] | None = None):
+    """`alignment_curves` for the run behind each cell on `dataset` with alignment data (one
+    row per method); None when there is none."""
+    sub = alignment[alignment["dataset"] == dataset]
+    methods = methods or list(dict.fromkeys(sub["method"]))
+    picked = [(m, cell_run(runs, dataset, m, sub.loc[sub["method"] == m, "run_key"]))
+              for m in methods]
+    picked = [(m, k) for m, k in picked if k is not None]
+    if not picked:
+        return None
+    fig, axes = plt.subplots(len(picked), 2, figsize=(7.5, 2.1 * len(picked) + 0.5),
+                             squeeze=False, sharey=True, sharex=True)
+    for row, (m, k) in zip(axes, picked):
+        lr = runs.loc[runs["run_key"] == k, "lr_mult"].iloc[0]
+        alignment_curves(sub, k, axes=row, legend=row is axes[0])
+        row[0].set_ylabel(f"{m}\n(k = {lr:g})\nangle (°)")
+    for ax in axes[:-1].flat:
+        ax.set_xlabel("")
+    for ax in axes[1:].flat:
+        ax.set_title("")
+    fig.suptitle(f"Alignment on {dataset}")
+    fig.tight_layout()
+    return fig
+
+
+# ---- a table against the paper --------------------------------------------------------------
+
+def paper_heatmap(t: pd.DataFrame):
+    """Ours − paper of a `report.table(..., paper=True)`, in percentage points: orange = we are
+    worse, purple = better (PuOr is safe for colour-blind readers), grey = no comparison."""
+    diff = t.attrs["diff"]
+    if diff is None:
+        raise ValueError("paper_heatmap needs a table made with paper=True")
+    d = diff.to_numpy(dtype=float)
+    lim = max(1.0, float(np.nanmax(np.abs(d)))) if np.isfinite(d).any() else 1.0
+    fig, ax = plt.subplots(figsize=(0.62 * d.shape[1] + 2.2, 0.42 * d.shape[0] + 1.9))
+    cmap = plt.get_cmap("PuOr_r").copy()
+    cmap.set_bad("#dddddd")
+    im = ax.imshow(np.ma.masked_invalid(d), cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(d.shape[1]), diff.columns, rotation=45, ha="right")
+    ax.set_yticks(range(d.shape[0]), diff.index)
+    ax.grid(False)
+    for i in range(d.shape[0]):
+        for j in range(d.shape[1]):
+            if np.isfinite(d[i, j]):
+                dark = abs(d[i, j]) > 0.6 * lim
+                ax.text(j, i, f"{d[i, j]:+.1f}", ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")
+    fig.colorbar(im, ax=ax, label="ours − paper (points)", shrink=0.9)
+    ax.set_title(f"Experiment {t.attrs['experiment']}: ours − paper")
+    fig.tight_layout()
+    return fig
