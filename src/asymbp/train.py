@@ -112,6 +112,9 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
         raise AsymbpError(f"unknown BN statistics mode {cfg.bn_stats!r}; valid: paper, running")
     if cfg.freeze not in ("none", "bottom", "top"):
         raise AsymbpError(f"unknown freeze setting {cfg.freeze!r}; valid: none, bottom, top")
+    if spec.freeze != "none" and cfg.freeze not in ("none", spec.freeze):
+        raise AsymbpError(f"method {cfg.method!r} freezes '{spec.freeze}' but freeze="
+                          f"{cfg.freeze!r} was also given; give one of them")
     if cfg.protocol == "honest" and not 0 < cfg.val_fraction < 1:
         raise AsymbpError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
     if cfg.amp not in ("fp32", "bf16"):
@@ -338,6 +341,7 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
+        _check_resume(ckpt, cfg, state.get("config"))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         data_gen.set_state(state["data_gen"])
@@ -405,11 +409,12 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
         elapsed += epoch_seconds
         row["seconds"] = epoch_seconds
         history.append(row)
+        # Saved before the epoch is streamed: whatever a listener has seen is also on disk.
+        if ckpt is not None:
+            _save_checkpoint(ckpt, cfg, model, optimizer, data_gen, stat_gen, history, elapsed,
+                             diverged_epoch)
         if on_epoch is not None:
             on_epoch(row)
-        if ckpt is not None:
-            _save_checkpoint(ckpt, model, optimizer, data_gen, stat_gen, history, elapsed,
-                             diverged_epoch)
 
     return summarize(cfg, spec, history, diverged_epoch, elapsed, model)
 
@@ -425,10 +430,28 @@ def _alignment(model: nn.Module, t: Tensors, cfg: TrainConfig) -> list[dict]:
     return list(rows.values())
 
 
-def _save_checkpoint(path: Path, model, optimizer, data_gen, stat_gen, history, elapsed,
-                     diverged_epoch) -> None:
+# Config fields that may differ between a checkpoint and the run resuming it.
+_RESUME_FREE = ("device", "compile", "eval_batch_size", "alignment", "data_dir")
+
+
+def _check_resume(path: Path, cfg: TrainConfig, saved: dict | None) -> None:
+    """A checkpoint resumes only the run that wrote it (same method, data, lr, seed, ...)."""
+    if saved is None:
+        return
+    now = cfg.to_dict()
+    diff = sorted(k for k in set(now) | set(saved)
+                  if k not in _RESUME_FREE and now.get(k) != saved.get(k))
+    if diff:
+        shown = ", ".join(f"{k}={saved.get(k)!r} there, {now.get(k)!r} here" for k in diff[:3])
+        raise AsymbpError(f"checkpoint {path} belongs to a different run ({shown}); delete it or "
+                          "give another checkpoint path")
+
+
+def _save_checkpoint(path: Path, cfg: TrainConfig, model, optimizer, data_gen, stat_gen, history,
+                     elapsed, diverged_epoch) -> None:
     """Write the run's state atomically (a temporary file, then rename)."""
     state = {
+        "config": cfg.to_dict(),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "data_gen": data_gen.get_state(),
