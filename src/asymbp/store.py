@@ -296,7 +296,7 @@ def load_epochs(db_path) -> pd.DataFrame:
     for c in ("train_loss", "train_error", "test_error", "val_error", "lr", "seconds"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     df = _types(df)
-    df["alignment"] = [json.loads(a) if a else None for a in df["alignment"]]
+    df["alignment"] = [json.loads(a) if isinstance(a, str) else None for a in df["alignment"]]
     return df
 
 
