@@ -18,6 +18,15 @@ from asymbp.train import TrainConfig, batch_schedule, lr_at, refresh_bn_stats, t
 D, C = 12, 3
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny tensors: one thread is many times faster than two on a shared, loaded machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory):
     """A small 3-class problem: Gaussian blobs in 12 dimensions, 240 train / 90 test."""
