@@ -108,11 +108,27 @@ def write_image(path: Path, size=(6, 5), gray=False, color=None) -> None:
     Image.fromarray(arr, mode).save(path)
 
 
+_ENCODED: dict[tuple[str, bool, int], bytes] = {}
+
+
+def encoded(ext: str, gray: bool, variant: int) -> bytes:
+    """A small real image file's bytes (a few variants, encoded once: trees of thousands stay fast)."""
+    k = (ext, gray, variant)
+    if k not in _ENCODED:
+        buf = io.BytesIO()
+        arr = np.random.default_rng(variant).integers(0, 256, (5, 6) + (() if gray else (3,)), dtype=np.uint8)
+        Image.fromarray(arr, "L" if gray else "RGB").save(buf, format=Image.registered_extensions()[ext])
+        _ENCODED[k] = buf.getvalue()
+    return _ENCODED[k]
+
+
 def write_tree(base: Path, counts: dict[str, int], ext=".jpg", gray_every=4) -> None:
     """One folder per class with `counts[class]` images (some grayscale, JPEG and PNG mixed)."""
     for c, n in counts.items():
+        (base / c).mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            write_image(base / c / f"{c}_{i:04d}{ext if i % 3 else '.png'}", gray=i % gray_every == 0)
+            e = ext if i % 3 else ".png"
+            (base / c / f"{c}_{i:04d}{e}").write_bytes(encoded(e, i % gray_every == 0, i % 7))
 
 
 def write_flowers102(root: Path, n=16, packed=True) -> dict:
