@@ -115,6 +115,9 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
     if spec.freeze != "none" and cfg.freeze not in ("none", spec.freeze):
         raise AsymbpError(f"method {cfg.method!r} freezes '{spec.freeze}' but freeze="
                           f"{cfg.freeze!r} was also given; give one of them")
+    if int(cfg.bn_stat_batches) < 0 or not 0 < cfg.bn_stat_alpha <= 1:
+        raise AsymbpError(f"BN statistics need >= 0 batches and 0 < alpha <= 1, got "
+                          f"{cfg.bn_stat_batches} batches, alpha {cfg.bn_stat_alpha}")
     if cfg.protocol == "honest" and not 0 < cfg.val_fraction < 1:
         raise AsymbpError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
     if cfg.amp not in ("fp32", "bf16"):

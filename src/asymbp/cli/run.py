@@ -9,10 +9,16 @@ import sys
 from ..errors import AsymbpError
 
 HELP = "train one run (a method on a dataset) and print its per-epoch metrics"
+EPILOG = (
+    "The loss is the sum of the per-example cross-entropies over a mini-batch, so the paper's "
+    "learning rates apply as printed: lr = base-lr x lr-mult, the paper sweeps lr-mult over "
+    "100, 10, 1, 0.1, 0.01. Example: asymbp run --dataset mnist5k --method uSF+BN+BM "
+    "--lr-mult 1 --epochs 65"
+)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("run", help=HELP, description=HELP + ".")
+    p = sub.add_parser("run", help=HELP, description=HELP + ".", epilog=EPILOG)
     add_run_options(p)
     p.add_argument("--checkpoint", metavar="PATH",
                    help="save the run's state after every epoch and resume from it if it exists")
@@ -71,6 +77,12 @@ def add_run_options(p, single: bool = True) -> None:
     p.add_argument("--bn-stats", choices=["paper", "running"], default=d.bn_stats,
                    help="test-time BN statistics: paper (20 batches after each epoch, EMA 0.05) "
                         "or running averages (default: %(default)s)")
+    p.add_argument("--bn-stat-batches", type=int, default=d.bn_stat_batches, metavar="N",
+                   help="training batches of the paper's post-epoch BN-statistics pass "
+                        "(default: %(default)s)")
+    p.add_argument("--data-seed", type=int, default=d.data_seed, metavar="SEED",
+                   help="seed of the sampled classes and splits of the paper's datasets and of "
+                        "the honest validation split (default: %(default)s)")
     p.add_argument("--device", default=d.device, help="torch device (default: %(default)s)")
     p.add_argument("--amp", choices=["fp32", "bf16"], default=d.amp,
                    help="precision: bf16 autocast or fp32 (default: %(default)s)")
@@ -92,6 +104,8 @@ def config_from_args(args, **overrides) -> dict:
         "val_fraction": args.val_fraction, "freeze": args.freeze, "bn_stats": args.bn_stats,
         "device": args.device, "amp": args.amp, "compile": args.compile,
         "alignment": not args.no_alignment, "data_dir": args.data_dir,
+        "bn_stat_batches": getattr(args, "bn_stat_batches", None),
+        "data_seed": getattr(args, "data_seed", None),
     }
     cfg.update(overrides)
     return {k: v for k, v in cfg.items() if v is not None}
@@ -124,6 +138,7 @@ def epoch_line(row: dict) -> str:
 def run(args) -> int:
     import torch
 
+    from .. import data as datasets
     from ..train import TrainConfig, check_config, train
 
     if args.threads is not None:
@@ -132,6 +147,9 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig.from_dict(config_from_args(args))
     check_config(cfg)  # every user mistake fails here, before data or a file is touched
+    # Load (and validate) the data before the progress bar starts, so that a bad dataset is
+    # one line on stderr, not a half-drawn bar and a line.
+    ds = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed)
     bar = None
     if not args.no_progress and not args.json:
         from tqdm import tqdm
@@ -146,7 +164,7 @@ def run(args) -> int:
         elif not args.json:
             print(epoch_line(row), flush=True)
 
-    result = train(cfg, on_epoch=on_epoch, checkpoint=args.checkpoint)
+    result = train(cfg, on_epoch=on_epoch, checkpoint=args.checkpoint, data=ds)
     if bar is not None:
         bar.close()
     if args.json:
