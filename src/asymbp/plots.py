@@ -261,14 +261,17 @@ def alignment_grid(alignment: pd.DataFrame, dataset: str, runs: pd.DataFrame,
     """`alignment_curves` for the run behind each cell on `dataset` with alignment data (one
     row per method); None when there is none."""
     sub = alignment[alignment["dataset"] == dataset]
-    methods = methods or list(dict.fromkeys(sub["method"]))
+    if "scheme" in sub:  # symmetric backprop: V is W, both angles are 0 by construction
+        sub = sub[sub["scheme"].fillna("") != "BP"]
+    methods = [m for m in (methods or list(dict.fromkeys(sub["method"])))
+               if m in set(sub["method"])]
     picked = [(m, cell_run(runs, dataset, m, sub.loc[sub["method"] == m, "run_key"]))
               for m in methods]
     picked = [(m, k) for m, k in picked if k is not None]
     if not picked:
         return None
-    fig, axes = plt.subplots(len(picked), 2, figsize=(7.5, 2.1 * len(picked) + 0.5),
-                             squeeze=False, sharey=True, sharex=True)
+    fig, axes = plt.subplots(len(picked), 2, figsize=(7.5, 2.1 * len(picked) + 0.6),
+                             squeeze=False, sharey=True, sharex=True, layout="constrained")
     for row, (m, k) in zip(axes, picked):
         lr = runs.loc[runs["run_key"] == k, "lr_mult"].iloc[0]
         alignment_curves(sub, k, axes=row, legend=row is axes[0])
@@ -278,7 +281,6 @@ def alignment_grid(alignment: pd.DataFrame, dataset: str, runs: pd.DataFrame,
     for ax in axes[1:].flat:
         ax.set_title("")
     fig.suptitle(f"Alignment on {dataset}")
-    fig.tight_layout()
     return fig
 
 
@@ -293,8 +295,7 @@ def paper_heatmap(t: pd.DataFrame):
     d = diff.to_numpy(dtype=float)
     lim = max(1.0, float(np.nanmax(np.abs(d)))) if np.isfinite(d).any() else 1.0
     fig, ax = plt.subplots(figsize=(0.62 * d.shape[1] + 2.2, 0.42 * d.shape[0] + 1.9))
-    cmap = plt.get_cmap("PuOr_r").copy()
-    cmap.set_bad("#dddddd")
+    cmap = plt.get_cmap("PuOr_r").with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(d), cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
     ax.set_xticks(range(d.shape[1]), diff.columns, rotation=45, ha="right")
     ax.set_yticks(range(d.shape[0]), diff.index)

@@ -130,8 +130,13 @@ def table(db_or_runs, experiment: str, protocol: str = "paper", paper: bool = Fa
                           f"{', '.join(sorted(set(load_runs(db_or_runs)['experiment'].dropna()))) or 'none'})")
     if methods is None:
         methods = P.columns(exp) if exp in P.TABLES else list(dict.fromkeys(runs["method"]))
+    else:
+        _check_names("method column", methods, set(runs["method"]) | set(
+            P.columns(exp) if exp in P.TABLES else []), exp)
     if datasets is None:
         datasets = _dataset_order(set(runs["dataset"]))
+    else:
+        _check_names("dataset", datasets, set(runs["dataset"]), exp)
     cells = cell_values(runs, protocol=protocol)
     cells = cells.set_index(["dataset", "method"])
 
@@ -213,6 +218,13 @@ def table(db_or_runs, experiment: str, protocol: str = "paper", paper: bool = Fa
         published=published, diff=diff,
     )
     return shown
+
+
+def _check_names(kind: str, names, valid: set, exp: str) -> None:
+    for n in names:
+        if n not in valid:
+            raise unknown(f"{kind} of experiment {exp}", n, sorted(valid),
+                          "it is neither a column of the paper's table nor in the database")
 
 
 def _experiment_key(experiment: str) -> str:
