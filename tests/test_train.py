@@ -388,3 +388,16 @@ def test_config_errors(npz, changes, match):
 def test_unknown_config_key():
     with pytest.raises(AsymbpError, match="lr_multiplier"):
         TrainConfig.from_dict({"lr_multiplier": 1})
+
+
+def test_weight_norm_constraint_after_every_step(npz, tmp_path):
+    # +WN: after each optimizer step every asymmetric layer's ‖W‖ is back at its initial value
+    path = tmp_path / "run.pt"
+    train(cfg(npz, method="sSF+WN", epochs=2, lr_mult=10), checkpoint=path)
+    state = load_ckpt(path)["model"]
+    for name in ("classifier.0", "classifier.2", "classifier.4"):
+        torch.testing.assert_close(state[f"{name}.weight"].norm(), state[f"{name}.w0_norm"])
+    path2 = tmp_path / "plain.pt"
+    train(cfg(npz, method="sSF", epochs=2, lr_mult=10), checkpoint=path2)
+    plain = load_ckpt(path2)["model"]
+    assert not torch.allclose(plain["classifier.0.weight"].norm(), plain["classifier.0.w0_norm"])
