@@ -52,9 +52,8 @@ def extract(archive: Path, dest: Path, key: str, keep: Callable[[str], bool] | N
             ) from None
         for entry in tmp.iterdir():
             target = dest / entry.name
-            if target.exists():
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-            entry.replace(target)
+            if not target.exists():  # else another process unpacked it first: keep theirs
+                entry.replace(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

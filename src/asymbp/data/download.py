@@ -158,6 +158,11 @@ def verify(root: Path, r: Remote, path: Path | None = None, key: str = "") -> st
         raise CorruptData(f"{root / r.name}: {algo} {got} does not match the official {want} "
                           f"({st.st_size} bytes; corrupt or truncated); delete it and run "
                           f"'asymbp datasets download {key}'")
+    if path == root / r.name and want is not None:
+        try:  # remember it: `asymbp datasets` then does not hash big archives every time
+            _stamp(root, r.name, path, got)
+        except OSError:
+            pass
     return got
 
 

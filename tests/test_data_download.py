@@ -1,0 +1,196 @@
+"""`asymbp datasets download` against a local HTTP server on 127.0.0.1: verified files, resume
+with Range, a wrong checksum, a truncated transfer; and the `asymbp datasets` table."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.server
+import os
+import shutil
+import threading
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asymbp.cli import main
+from asymbp.data import load
+from asymbp.data import download as dl
+from asymbp.errors import AsymbpError
+from test_data_formats import write_cifar, write_mnist
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    """Static files with HTTP Range support; `/short/...` announces more bytes than it sends."""
+
+    ranges: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        rel = self.path.lstrip("/")
+        short = rel.startswith("short/")
+        path = Path(self.directory) / (rel[len("short/"):] if short else rel)
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start = 0
+        rng = self.headers.get("Range")
+        Handler.ranges.append(rng)
+        if rng:
+            start = int(rng.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if short else body)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A mirror on 127.0.0.1 (random port) serving tmp_path/mirror/<key>/<file>."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(mirror)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    Handler.ranges = []
+    yield mirror, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def pin(monkeypatch, key: str, folder: Path, algo: str = "md5", wrong: str | None = None):
+    """Pin SOURCES[key] to the checksums of the files served from `folder`."""
+    remotes = []
+    for r in dl.SOURCES[key]:
+        digest = hashlib.new(algo, (folder / r.name).read_bytes()).hexdigest()
+        if r.name == wrong:
+            digest = "0" * len(digest)
+        fields = {"md5": digest, "sha256": None} if algo == "md5" else {"md5": None, "sha256": digest}
+        remotes.append(dataclasses.replace(r, **fields))
+    monkeypatch.setitem(dl.SOURCES, key, remotes)
+
+
+def test_download_verify_and_load(tmp_path, server, monkeypatch):
+    mirror, url = server
+    d = write_mnist(mirror / "mnist")
+    pin(monkeypatch, "mnist", mirror / "mnist", "sha256")
+    data = tmp_path / "data"
+    paths = dl.download("mnist", data, mirror=url, progress=False, log=lambda *_: None)
+    assert sorted(p.name for p in paths) == sorted(r.name for r in dl.SOURCES["mnist"])
+    for p in paths:
+        assert p.read_bytes() == (mirror / "mnist" / p.name).read_bytes()
+    assert not list((data / "mnist").glob("*.part"))
+    assert dl.status("mnist", data)[0] == "ready"
+    np.testing.assert_array_equal(load("mnist", data).y_train, d["train"][1])
+    # Again: nothing fetched, files verified from the stamp.
+    Handler.ranges.clear()
+    dl.download("mnist", data, mirror=url, progress=False, log=lambda *_: None)
+    assert Handler.ranges == []
+
+
+def test_mirror_from_environment(tmp_path, server, monkeypatch):
+    mirror, url = server
+    write_cifar(mirror / "cifar10")
+    pin(monkeypatch, "cifar10", mirror / "cifar10")
+    monkeypatch.setenv("ASYMBP_MIRROR", url)
+    monkeypatch.setenv("ASYMBP_DATA", str(tmp_path / "data"))
+    assert main(["datasets", "download", "cifar10", "--no-progress"]) == 0
+    assert load("cifar10").x_train.shape == (100, 3, 32, 32)
+
+
+def test_wrong_checksum_is_named_and_not_kept(tmp_path, server, monkeypatch):
+    mirror, url = server
+    write_mnist(mirror / "mnist")
+    pin(monkeypatch, "mnist", mirror / "mnist", wrong="t10k-images-idx3-ubyte.gz")
+    data = tmp_path / "data"
+    with pytest.raises(AsymbpError) as err:
+        dl.download("mnist", data, mirror=url, progress=False, log=lambda *_: None)
+    msg = str(err.value)
+    assert "\n" not in msg and "t10k-images-idx3-ubyte.gz" in msg and "does not match" in msg
+    assert not (data / "mnist" / "t10k-images-idx3-ubyte.gz").exists()
+    assert not (data / "mnist" / "t10k-images-idx3-ubyte.gz.part").exists()
+
+
+def test_truncated_transfer_then_resume(tmp_path, server, monkeypatch):
+    mirror, url = server
+    write_cifar(mirror / "cifar10")
+    pin(monkeypatch, "cifar10", mirror / "cifar10")
+    data = tmp_path / "data"
+    with pytest.raises(AsymbpError) as err:  # the server hangs up half way
+        dl.download("cifar10", data, mirror=url + "/short", progress=False, log=lambda *_: None)
+    msg = str(err.value)
+    assert "cifar-10-python.tar.gz" in msg and "truncated" in msg and "\n" not in msg
+    part = data / "cifar10" / "cifar-10-python.tar.gz.part"
+    size = (mirror / "cifar10" / "cifar-10-python.tar.gz").stat().st_size
+    assert part.stat().st_size == size // 2
+    assert dl.status("cifar10", data)[0] == "missing"
+    dl.download("cifar10", data, mirror=url, progress=False, log=lambda *_: None)  # resumes
+    assert Handler.ranges[-1] == f"bytes={size // 2}-"
+    assert (data / "cifar10" / "cifar-10-python.tar.gz").read_bytes() == (
+        mirror / "cifar10" / "cifar-10-python.tar.gz").read_bytes()
+
+
+def test_corrupt_file_already_there(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    write_mnist(data / "mnist")
+    pin(monkeypatch, "mnist", data / "mnist")
+    p = data / "mnist" / "train-labels-idx1-ubyte.gz"
+    assert dl.status("mnist", data)[0] == "ready"
+    p.write_bytes(p.read_bytes()[:-3])  # truncated on disk
+    state, why = dl.status("mnist", data)
+    assert state == "corrupt" and str(p) in why
+    with pytest.raises(AsymbpError, match="train-labels-idx1-ubyte.gz.*does not match"):
+        dl.download("mnist", data, mirror="http://127.0.0.1:9", progress=False, log=lambda *_: None)
+
+
+def test_unreachable_server_is_one_line(tmp_path):
+    with pytest.raises(AsymbpError) as err:
+        dl.download("svhn", tmp_path, mirror="http://127.0.0.1:9", progress=False, log=lambda *_: None)
+    assert "127.0.0.1:9/svhn/train_32x32.mat" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("key", ["icub", "pubfig83-id", "sufrw-id", "timit80"])
+def test_manual_datasets_say_what_to_put_where(tmp_path, key, capsys):
+    assert main(["datasets", "download", key, "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cannot be downloaded automatically" in err
+    assert str(tmp_path / key) in err
+
+
+def test_every_pinned_checksum_is_well_formed():
+    for key, remotes in dl.SOURCES.items():
+        for r in remotes:
+            assert r.url.startswith("http") and r.name == r.url.rsplit("/", 1)[1]
+            if r.md5:
+                assert len(r.md5) == 32 and int(r.md5, 16) >= 0 and r.pin
+            if r.sha256:
+                assert len(r.sha256) == 64 and r.pin
+
+
+def test_datasets_table(tmp_path, capsys, monkeypatch):
+    write_mnist(tmp_path / "mnist", gz=False)  # gunzipped: no pinned checksum to compare
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "cifar10" / "cifar-10-python.tar.gz").write_bytes(b"not the archive")
+    assert main(["datasets", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    from asymbp.data import DATASETS
+    from asymbp.paper import PAPER_DATASETS
+
+    for name, key in PAPER_DATASETS.items():
+        assert key in rows and name in rows[key]
+    assert " ready " in rows["mnist"] and " corrupt " in rows["cifar10"]
+    assert " missing " in rows["svhn"] and " ready " in rows["mnist5k"]
+    assert "30/class" in rows["caltech101"] and " large " in rows["caltech101"]
+    assert "[manual]" in rows["timit80"] and " mlp " in rows["timit80"]
+    assert str(tmp_path) in out
+    assert set(PAPER_DATASETS.values()) <= set(DATASETS)
