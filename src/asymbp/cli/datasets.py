@@ -30,8 +30,11 @@ def run_list(args) -> int:
 
     root = data_root(args.data_dir)
     rows = [("key", "paper name", "classes", "train", "test", "network", "status", "files go in")]
+    problems = []
     for key, info in DATASETS.items():
-        state, _ = status(key, args.data_dir)
+        state, why = status(key, args.data_dir)
+        if state == "corrupt":
+            problems.append(f"{key}: {why}")
         if info.packaged:
             where = "(installs with the package)"
         else:
@@ -42,7 +45,10 @@ def run_list(args) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
-    print(f"\ndata root: {root}  (--data-dir or $ASYMBP_DATA); "
+    print()
+    for line in problems:
+        print(f"corrupt {line}")
+    print(f"data root: {root}  (--data-dir or $ASYMBP_DATA); "
           "'asymbp datasets download KEY' fetches the non-[manual] ones")
     return 0
 

@@ -6,7 +6,12 @@ network for it. Keys: the registered ones (`asymbp.data.DATASETS`) and `npz:PATH
 with `x_train, y_train, x_test, y_test`.
 
 Data lives under one root: `data_dir`, else `$ASYMBP_DATA`, else `~/.cache/asymbp`, one folder per
-dataset key.
+dataset key holding the files exactly as the original source distributes them (archives packed or
+unpacked). One small module per format reads them: `idx` (MNIST), `cifar`, `svhn`, `stl10`,
+`folders` (Caltech-101/256, iCubWorld, PubFig83, SUFR-W, LFW, MIT Indoor-67), `flowers`
+(Flowers-17/102 with their split files), `timit` (features in an .npz), `packaged`, `npz`.
+Preprocessed arrays are cached next to the sources (`_cache`), `download` fetches and verifies
+the ones with a public source, and `asymbp datasets` lists them all.
 """
 
 from __future__ import annotations

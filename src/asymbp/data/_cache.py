@@ -60,6 +60,9 @@ def write_cache(root: Path, tag: str, fp: str, arrays: dict[str, np.ndarray], me
     except OSError:
         return None  # a read-only data folder still loads, just without a cache
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private; a cache is as readable as its data
         with os.fdopen(fd, "wb") as out:
             np.savez(out, **arrays, **{_FP: np.array(fp), _META: np.array(json.dumps(meta))})
         os.replace(tmp, path)
