@@ -107,7 +107,8 @@ def check(path: str | os.PathLike) -> int:
         raise AsymbpError(f"{p} is not an SQLite database (asymbp's results store); give a new "
                           "path or an existing asymbp database with --db")
     try:
-        con = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        # immutable: a peek that creates no -wal/-shm files next to a database it may refuse
+        con = sqlite3.connect(f"file:{p.resolve()}?mode=ro&immutable=1", uri=True)
         try:
             has_meta = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
                                    "name='meta'").fetchone()

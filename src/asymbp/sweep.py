@@ -34,7 +34,6 @@ from pathlib import Path
 
 from .errors import AsymbpError
 from .experiments import RunSpec
-from .store import FINISHED, Store
 
 BACKENDS = ("local", "ray")
 
@@ -239,6 +238,8 @@ def _pid_alive(pid: int) -> bool:
 
 def check_not_running(db) -> None:
     """Refuse a second concurrent sweep on one database (this host's sweeps are checked)."""
+    from .store import Store
+
     if not Path(db).exists():
         return
     try:
@@ -281,6 +282,7 @@ def sweep(runs: list[RunSpec], db, *, workers: int = 1, backend: str = "local",
     check_not_running(db)
     log = sys.stdout if log is None else log
     from ._provenance import provenance
+    from .store import Store
 
     prov = provenance()
     store = Store(db)
@@ -371,7 +373,9 @@ def sweep(runs: list[RunSpec], db, *, workers: int = 1, backend: str = "local",
         store.close()
 
 
-def _final_counts(store: Store, by_key) -> dict:
+def _final_counts(store, by_key) -> dict:
+    from .store import FINISHED
+
     st = store.statuses(by_key)
     out = {s: 0 for s in ("done", "diverged", "failed", "pending", "running")}
     for s in st.values():
