@@ -32,15 +32,15 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self):
         rel = self.path.lstrip("/")
-        short = rel.startswith("short/")
-        path = Path(self.directory) / (rel[len("short/"):] if short else rel)
+        short, norange = rel.startswith("short/"), rel.startswith("norange/")
+        path = Path(self.directory) / rel.split("/", 1)[1] if short or norange else Path(self.directory) / rel
         if not path.is_file():
             self.send_error(404)
             return
         data = path.read_bytes()
         start = 0
-        rng = self.headers.get("Range")
-        Handler.ranges.append(rng)
+        rng = None if norange else self.headers.get("Range")
+        Handler.ranges.append(self.headers.get("Range"))
         if rng:
             start = int(rng.split("=")[1].split("-")[0])
             self.send_response(206)
@@ -137,6 +137,33 @@ def test_truncated_transfer_then_resume(tmp_path, server, monkeypatch):
     assert Handler.ranges[-1] == f"bytes={size // 2}-"
     assert (data / "cifar10" / "cifar-10-python.tar.gz").read_bytes() == (
         mirror / "cifar10" / "cifar-10-python.tar.gz").read_bytes()
+
+
+def test_server_without_range_starts_over(tmp_path, server, monkeypatch):
+    mirror, url = server
+    write_cifar(mirror / "cifar10")
+    pin(monkeypatch, "cifar10", mirror / "cifar10")
+    part = tmp_path / "cifar10" / "cifar-10-python.tar.gz.part"
+    part.parent.mkdir()
+    part.write_bytes(b"stale bytes from elsewhere")
+    dl.download("cifar10", tmp_path, mirror=url + "/norange", progress=False, log=lambda *_: None)
+    assert Handler.ranges == ["bytes=26-"]  # asked to resume, got the whole file: starts over
+    assert (tmp_path / "cifar10" / "cifar-10-python.tar.gz").read_bytes() == (
+        mirror / "cifar10" / "cifar-10-python.tar.gz").read_bytes()
+
+
+def test_known_older_archive_is_verified(tmp_path):
+    (tmp_path / "caltech101").mkdir()
+    bad = tmp_path / "caltech101" / "101_ObjectCategories.tar.gz"
+    bad.write_bytes(b"not the official archive")
+    state, why = dl.status("caltech101", tmp_path)
+    assert state == "corrupt" and str(bad) in why and "b224c7392d521a49829488ab0f1120d9" in why
+
+
+def test_missing_data_through_asymbp_run(tmp_path, capsys):
+    assert main(["run", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "asymbp datasets download cifar10" in err and str(tmp_path) in err
 
 
 def test_corrupt_file_already_there(tmp_path, monkeypatch):

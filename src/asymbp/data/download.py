@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import DATASETS, check_key, data_root
+from ._archive import find
 from ._cache import has_cache
 from ._errors import CorruptData, MissingData
 from ..errors import AsymbpError
@@ -107,6 +108,14 @@ SOURCES: dict[str, list[Remote]] = {
     ],
 }
 
+# Files a user may have from an older official source, verified when present (they are not
+# downloaded: the current official source packs them inside another archive).
+KNOWN: dict[str, list[Remote]] = {
+    "caltech101": [Remote("101_ObjectCategories.tar.gz",
+                          "http://www.vision.caltech.edu/Image_Datasets/Caltech101/101_ObjectCategories.tar.gz",
+                          md5="b224c7392d521a49829488ab0f1120d9", pin=f"{_TV}.Caltech101")],
+}
+
 # Datasets without a stable public source: where their files come from.
 MANUAL = {
     "icub": "iCubWorld 1.0 (IIT, Fanello et al. 2013) is no longer served at a stable URL",
@@ -155,7 +164,7 @@ def verify(root: Path, r: Remote, path: Path | None = None, key: str = "") -> st
         return seen["digest"]
     got = file_digest(path, algo)
     if want is not None and got != want:
-        raise CorruptData(f"{root / r.name}: {algo} {got} does not match the official {want} "
+        raise CorruptData(f"{path if path.name == r.name else root / r.name}: {algo} {got} does not match the official {want} "
                           f"({st.st_size} bytes; corrupt or truncated); delete it and run "
                           f"'asymbp datasets download {key}'")
     if path == root / r.name and want is not None:
@@ -273,6 +282,9 @@ def status(key: str, data_dir: str | os.PathLike | None = None) -> tuple[str, st
         for r in SOURCES.get(key, []):
             if (root / r.name).is_file():
                 verify(root, r, key=key)
+        for r in KNOWN.get(key, []):
+            if (p := find(root, r.name, 1)) is not None and p.is_file():
+                verify(root, r, p, key=key)
     except CorruptData as err:
         return "corrupt", str(err)
     if has_cache(root):
