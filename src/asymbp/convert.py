@@ -7,6 +7,7 @@ from typing import Iterable
 
 from torch import nn
 
+from . import dfa
 from .errors import AsymbpError
 from .feedback import resolve
 from .layers import ASYM_LAYERS, AsymConv2d, AsymLinear
@@ -59,13 +60,23 @@ def convert(model: nn.Module, scheme: str = "BP", *, seed: int = 0, exclude: Ite
         seed: the model seed for all feedback draws.
         exclude: module names (or glob patterns, e.g. "classifier", "layer4.*") left untouched.
         weight_norm: the +WN constraint (keep each layer's ‖W‖ at its initial value).
-        **options: the scheme's options (p, sigma, alpha, ...).
+        **options: the scheme's options (p, sigma, alpha, ...). `DFA` takes `num_classes`
+            (default: the model's output size, the last Linear's out_features).
 
     Returns:
         The model (the same object, converted), or the new layer when `model` was a bare layer.
     """
     exclude = [exclude] if isinstance(exclude, str) else list(exclude)
-    resolve(scheme)  # a bad name fails before anything is changed
+    cls, _ = resolve(scheme)  # a bad name fails before anything is changed
+    whole_model = not isinstance(model, ASYM_LAYERS + (nn.Linear, nn.Conv2d))
+    if cls.direct and whole_model:
+        # DFA: every layer projects the model's output error (C = the output size), which
+        # hooks on the root model capture at the start of each backward (asymbp/dfa.py).
+        if options.get("num_classes") is None:
+            options = {**options, "num_classes": dfa.infer_num_classes(model)}
+        dfa.install(model)
+    elif whole_model:
+        dfa.uninstall(model)
     if isinstance(model, ASYM_LAYERS + (nn.Linear, nn.Conv2d)):
         return _convert_one(model, scheme, layer_seed(seed, 0), weight_norm, options)
     if isinstance(model, _UNSUPPORTED):

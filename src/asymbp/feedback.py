@@ -115,6 +115,8 @@ class Feedback(nn.Module):
     learned = False  # V has nn.Parameters that the optimizer trains (gradient: DESIGN §2)
     redrawn = False  # V has random parts drawn afresh after every update of W
     symmetric = False  # V is W itself (BP)
+    # dE/dx is the output error through a fixed matrix (DFA), not Vᵀ g: V(W) is only a stand-in
+    direct = False
 
     def __init__(self, W: Tensor, seed: int):
         super().__init__()
@@ -386,3 +388,120 @@ class OrthogonalProductFeedbackAlignment(ProductFeedbackAlignment):
 
     def __init__(self, W: Tensor, seed: int, alpha: float = 1, orthogonal: bool = True):
         super().__init__(W, seed, alpha=alpha, orthogonal=orthogonal)
+
+
+@register("WM")
+class WeightMirror(Feedback):
+    """Weight mirrors: V is learned in a separate mirror phase from the layer's own activity.
+
+    Akrout, Wilson, Humphreys, Lillicrap & Tweed 2019, "Deep learning without weight transport"
+    (NeurIPS 2019). In a mirror step (`mirror_step(model)`, interleaved with training by
+    `TrainConfig.mirror_every` / `mirror_steps`) each layer's input is zero-mean noise
+    x ~ N(0, σ²), its output is y = W x (bias left out), and
+
+        V ← V + η · (y xᵀ) / N − λ · V          (N = mirror batch)
+
+    Since E[y xᵀ] = σ² W, V tends to (ησ²/λ) W: it points along W without reading it. For a
+    conv layer x is a batch of single patches (N, C_in, d(kh−1)+1, d(kw−1)+1), y the 1×1 output,
+    and y xᵀ the weight-gradient correlation (for groups too). V is a buffer: the task optimizer
+    never changes it, `learned = False`, and it is saved with `state_dict` (with the noise
+    generator's state). It starts as an independent draw of the default initialisation.
+
+    Options: `sigma` σ (1.0), `mirror_lr` η (0.05), `mirror_decay` λ (0.05; η = λ keeps
+    ‖V‖ ≈ ‖W‖ at σ = 1), `mirror_batch` N (256).
+    """
+
+    mirrored = True
+
+    def __init__(self, W: Tensor, seed: int, sigma: float = 1.0, mirror_lr: float = 0.05,
+                 mirror_decay: float = 0.05, mirror_batch: int = 256):
+        super().__init__(W, seed)
+        if not (sigma > 0 and mirror_lr > 0 and 0 <= mirror_decay < 1 and int(mirror_batch) >= 1):
+            raise AsymbpError("WM needs sigma > 0, mirror_lr > 0, 0 <= mirror_decay < 1 and "
+                              f"mirror_batch >= 1; got {sigma}, {mirror_lr}, {mirror_decay}, "
+                              f"{mirror_batch}")
+        self.sigma, self.mirror_lr = float(sigma), float(mirror_lr)
+        self.mirror_decay, self.mirror_batch = float(mirror_decay), int(mirror_batch)
+        V = _default_init(W.shape, fan_in(W), _cpu_generator(seed))
+        self.register_buffer("weight", V.to(device=W.device, dtype=W.dtype))
+        self._gen: torch.Generator | None = None
+        self._gen_state: Tensor | None = None
+
+    @classmethod
+    def options(cls):
+        return ("sigma", "mirror_lr", "mirror_decay", "mirror_batch")
+
+    def V(self, W: Tensor) -> Tensor:
+        return self.weight
+
+    def _generator(self, device) -> torch.Generator:
+        if self._gen is None or self._gen.device != torch.device(device):
+            gen = torch.Generator(device=device)
+            gen.manual_seed((self.seed * 40503 + 7) % (2**63))
+            if self._gen_state is not None:
+                gen.set_state(self._gen_state)
+                self._gen_state = None
+            self._gen = gen
+        return self._gen
+
+    def noise(self, layer: nn.Module) -> Tensor:
+        """The mirror phase's input x ~ N(0, σ²): (N, in) or (N, C_in, patch_h, patch_w)."""
+        W = layer.weight
+        if isinstance(layer, nn.Conv2d):
+            patch = [d * (k - 1) + 1 for d, k in zip(layer.dilation, layer.kernel_size)]
+            shape = (self.mirror_batch, layer.in_channels, *patch)
+        else:
+            shape = (self.mirror_batch, W.shape[1])
+        return torch.randn(shape, generator=self._generator(W.device), device=W.device,
+                           dtype=W.dtype) * self.sigma
+
+    @torch.no_grad()
+    def mirror_update(self, layer: nn.Module, x: Tensor) -> Tensor:
+        """ΔV = η · (y xᵀ)/N − λ V for the noise batch x, with y = W x; applied and returned."""
+        W = layer.weight.detach()
+        N = x.shape[0]
+        if isinstance(layer, nn.Conv2d):
+            y = torch.nn.functional.conv2d(x, W, None, 1, 0, layer.dilation, layer.groups)
+            # y xᵀ for a conv: the weight-gradient correlation of output y and input x
+            yx = torch.ops.aten.convolution_backward(
+                y, x, W, None, [1, 1], [0, 0], list(layer.dilation), False, [0, 0],
+                layer.groups, [False, True, False])[1]
+        else:
+            y = x @ W.T  # (N, in) @ (in, out) -> (N, out)
+            yx = y.T @ x  # (out, N) @ (N, in) -> (out, in)
+        dV = self.mirror_lr * yx / N - self.mirror_decay * self.weight
+        self.weight.add_(dV)
+        return dV
+
+    def mirror(self, layer: nn.Module) -> None:
+        """One mirror step on `layer` (whose feedback this is)."""
+        self.mirror_update(layer, self.noise(layer))
+
+    def get_extra_state(self):
+        return {"generator": self._gen.get_state() if self._gen is not None else self._gen_state}
+
+    def set_extra_state(self, state) -> None:
+        self._gen_state = state.get("generator") if state else None
+        self._gen = None
+
+    def extra_repr(self) -> str:
+        return (f"sigma={self.sigma}, mirror_lr={self.mirror_lr}, "
+                f"mirror_decay={self.mirror_decay}, mirror_batch={self.mirror_batch}, "
+                f"seed={self.seed}")
+
+
+def mirror_step(model: nn.Module, steps: int = 1) -> int:
+    """Run `steps` mirror steps on every weight-mirror (`WM`) layer of `model`.
+
+    Returns the number of layers mirrored (0 when the model has no WM layer). The task's
+    gradients, optimizer and BN statistics are untouched: each layer is driven by its own noise.
+    """
+    layers = [m for m in model.modules() if isinstance(getattr(m, "feedback", None), WeightMirror)]
+    for _ in range(int(steps)):
+        for layer in layers:
+            layer.feedback.mirror(layer)
+    return len(layers)
+
+
+# Direct feedback alignment lives with its plumbing (the output-error hooks) in dfa.py.
+from .dfa import DirectFeedbackAlignment  # noqa: E402,F401

@@ -170,6 +170,10 @@ class AsymLinear(_Asym, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.is_grad_enabled():
             return F.linear(x, self.weight, self.bias)
+        if self.feedback.direct:  # DFA: x's gradient is the projected output error (dfa.py)
+            y = AsymLinearFunction.apply(x.detach(), self.weight, self.bias,
+                                         self._V_for_backward())
+            return self.feedback.attach(y, x, conv=False)
         return AsymLinearFunction.apply(x, self.weight, self.bias, self._V_for_backward())
 
     def extra_repr(self) -> str:
@@ -210,13 +214,17 @@ class AsymConv2d(_Asym, nn.Conv2d):
         if not torch.is_grad_enabled():
             return self._conv_forward(x, self.weight, self.bias)
         padding, pre = self._explicit_padding()
+        x_in = x
+        if self.feedback.direct:  # DFA: x's gradient is the projected output error (dfa.py)
+            x = x.detach()
         if pre is not None:
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, pre, mode=mode)
-        return AsymConv2dFunction.apply(
+        y = AsymConv2dFunction.apply(
             x, self.weight, self.bias, self._V_for_backward(),
             _pair(self.stride), padding, _pair(self.dilation), self.groups,
         )
+        return self.feedback.attach(y, x_in, conv=True) if self.feedback.direct else y
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", scheme={self.scheme}"

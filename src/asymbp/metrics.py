@@ -38,6 +38,11 @@ def layer_alignment(model: nn.Module) -> list[dict]:
         W = layer.weight.detach()
         V = layer.feedback_weight()
         wn = W.norm().item()
+        if layer.feedback.direct and not V.any():
+            # DFA's hidden layers: dE/dx is B e, not Vᵀ g; there is no V to compare with W
+            rows.append({"layer": name, "scheme": layer.scheme, "angle": math.nan,
+                         "sign_concordance": math.nan, "norm_ratio": math.nan})
+            continue
         rows.append({
             "layer": name,
             "scheme": layer.scheme,

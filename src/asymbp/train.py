@@ -37,6 +37,7 @@ from . import models
 from ._provenance import provenance
 from .convert import convert
 from .errors import AsymbpError
+from .feedback import mirror_step
 from .layers import asym_layers, renormalize
 from .methods import MethodSpec, parse_method
 from .optim import make_optimizer
@@ -75,6 +76,10 @@ class TrainConfig:
     amp: str = "fp32"  # fp32 | bf16 (autocast)
     compile: bool = False  # torch.compile the model
     scheme_options: dict = field(default_factory=dict)  # extra options of the feedback scheme
+    # Weight mirrors (WM): after every `mirror_every` training steps, `mirror_steps` mirror
+    # steps (asymbp.feedback.mirror_step); ignored by every other scheme.
+    mirror_every: int = 1
+    mirror_steps: int = 1
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -124,6 +129,9 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
         raise AsymbpError(f"unknown precision {cfg.amp!r}; valid: fp32, bf16")
     batch_schedule(cfg)
     feedback_wd(cfg)
+    if int(cfg.mirror_every) < 1 or int(cfg.mirror_steps) < 0:
+        raise AsymbpError(f"weight mirrors need mirror_every >= 1 and mirror_steps >= 0, got "
+                          f"{cfg.mirror_every}, {cfg.mirror_steps}")
     return spec
 
 
@@ -356,6 +364,8 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
 
     n = len(tensors.x_train)
     base = cfg.base_lr * cfg.lr_mult
+    mirrored = any(getattr(l.feedback, "mirrored", False) for _, l in asym_layers(model))
+    steps_done = 0
     for epoch in range(start_epoch, int(cfg.epochs) + 1):
         if diverged_epoch is not None:
             break
@@ -384,6 +394,9 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
             optimizer.step()
             if spec.weight_norm:
                 renormalize(model)
+            steps_done += 1
+            if mirrored and steps_done % int(cfg.mirror_every) == 0:
+                mirror_step(model, int(cfg.mirror_steps))  # WM: V learns from noise, off-task
             loss_sum += loss.detach()
             wrong += (out.detach().argmax(1) != yb).sum()
         train_loss = loss_sum.item() / n
