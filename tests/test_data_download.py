@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.server
-import os
-import shutil
 import threading
 from functools import partial
 from pathlib import Path

@@ -307,7 +307,8 @@ def test_wrong_files(tmp_path):
     (tmp_path / "mnist" / "mnist.pkl.gz").write_bytes(b"x")
     with pytest.raises(AsymbpError) as err:
         load("mnist", tmp_path)
-    assert "train-images-idx3-ubyte.gz" in one_line(err) and "asymbp datasets download mnist" in str(err.value)
+    msg = one_line(err)
+    assert "train-images-idx3-ubyte.gz" in msg and "asymbp datasets download mnist" in msg
 
 
 def test_bad_idx_header(tmp_path):

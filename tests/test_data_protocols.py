@@ -8,7 +8,7 @@ import pytest
 from asymbp.data import load
 from asymbp.data._common import per_class_split
 from asymbp.data.folders import PUBFIG83
-from test_data_formats import write_image, write_tree
+from test_data_formats import write_tree
 
 
 @pytest.fixture(autouse=True)
@@ -145,7 +145,8 @@ def test_scene67_without_split_files_samples_80_20(scene_root):
 def test_timit80_seeds(tmp_path):
     (tmp_path / "timit80").mkdir()
     y = np.repeat(np.arange(90), 500)
-    np.savez(tmp_path / "timit80" / "timit80.npz", x=np.arange(len(y) * 2, dtype=np.float32).reshape(-1, 2), y=y)
+    x = np.arange(len(y) * 2, dtype=np.float32).reshape(-1, 2)  # every row unique
+    np.savez(tmp_path / "timit80" / "timit80.npz", x=x, y=y)
     a, b, c = (load("timit80", tmp_path, seed=s) for s in (0, 0, 1))
     assert a.meta["classes"] == b.meta["classes"] != c.meta["classes"]
     np.testing.assert_array_equal(a.x_train, b.x_train)

@@ -112,7 +112,8 @@ SOURCES: dict[str, list[Remote]] = {
 # downloaded: the current official source packs them inside another archive).
 KNOWN: dict[str, list[Remote]] = {
     "caltech101": [Remote("101_ObjectCategories.tar.gz",
-                          "http://www.vision.caltech.edu/Image_Datasets/Caltech101/101_ObjectCategories.tar.gz",
+                          "http://www.vision.caltech.edu/Image_Datasets/Caltech101/"
+                          "101_ObjectCategories.tar.gz",
                           md5="b224c7392d521a49829488ab0f1120d9", pin=f"{_TV}.Caltech101")],
 }
 
@@ -149,7 +150,7 @@ def _stamp(root: Path, name: str, path: Path, digest: str) -> None:
     os.replace(tmp, root / STAMP)
 
 
-def verify(root: Path, r: Remote, path: Path | None = None, key: str = "") -> str:
+def verify(root: Path, r: Remote, path: Path | None = None, key: str = "", fix: str = "") -> str:
     """Check `path` (default `root/r.name`) against r's pinned checksum; return its digest.
 
     A file verified before (same size and mtime) is not hashed again. Raises `CorruptData`
@@ -164,9 +165,10 @@ def verify(root: Path, r: Remote, path: Path | None = None, key: str = "") -> st
         return seen["digest"]
     got = file_digest(path, algo)
     if want is not None and got != want:
-        raise CorruptData(f"{path if path.name == r.name else root / r.name}: {algo} {got} does not match the official {want} "
-                          f"({st.st_size} bytes; corrupt or truncated); delete it and run "
-                          f"'asymbp datasets download {key}'")
+        named = path if path.name == r.name else root / r.name  # the file, not its .part
+        raise CorruptData(f"{named}: {algo} {got} does not match the official {want} "
+                          f"({st.st_size} bytes; corrupt or truncated); "
+                          + (fix or f"delete it and run 'asymbp datasets download {key}'"))
     if path == root / r.name and want is not None:
         try:  # remember it: `asymbp datasets` then does not hash big archives every time
             _stamp(root, r.name, path, got)
@@ -258,7 +260,9 @@ def download(key: str, data_dir: str | os.PathLike | None = None, mirror: str | 
         log(f"{key}: downloading {r.name} from {url}")
         fetch(url, part, progress)
         try:
-            digest = verify(root, r, part, key=key)
+            digest = verify(root, r, part, key=key,
+                            fix=f"the download from {url} was removed; check that source (or "
+                                "ASYMBP_MIRROR) and run again")
         except CorruptData:
             part.unlink(missing_ok=True)  # a wrong file is not resumable: start over next time
             raise
