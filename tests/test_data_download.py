@@ -219,3 +219,17 @@ def test_datasets_table(tmp_path, capsys, monkeypatch):
     assert "[manual]" in rows["timit80"] and " mlp " in rows["timit80"]
     assert str(tmp_path) in out
     assert set(PAPER_DATASETS.values()) <= set(DATASETS)
+
+
+def test_status_follows_the_sources_not_the_cache(tmp_path):
+    write_mnist(tmp_path / "mnist", gz=False)
+    load("mnist", tmp_path)
+    assert dl.status("mnist", tmp_path) == ("ready", "source files present, preprocessed cache built")
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte").unlink()
+    state, why = dl.status("mnist", tmp_path)
+    assert state == "missing" and "t10k-labels-idx1-ubyte.gz" in why
+
+
+def test_npz_key_has_nothing_to_download(tmp_path):
+    with pytest.raises(AsymbpError, match="nothing to download"):
+        dl.download(f"npz:{tmp_path / 'x.npz'}", tmp_path)

@@ -239,6 +239,9 @@ def download(key: str, data_dir: str | os.PathLike | None = None, mirror: str | 
     with no public source, naming the files to put where.
     """
     check_key(key)
+    if key.startswith("npz:"):
+        raise AsymbpError(f"{key} is a local file, there is nothing to download; give the path of "
+                          "an existing .npz")
     root = data_root(data_dir) / key
     if key not in SOURCES:
         info = DATASETS[key]
@@ -291,8 +294,6 @@ def status(key: str, data_dir: str | os.PathLike | None = None) -> tuple[str, st
                 verify(root, r, p, key=key)
     except CorruptData as err:
         return "corrupt", str(err)
-    if has_cache(root):
-        return "ready", "cached"
     try:
         if info.check:
             info.check(root)
@@ -302,4 +303,4 @@ def status(key: str, data_dir: str | os.PathLike | None = None) -> tuple[str, st
                            if partial else str(err))
     except CorruptData as err:
         return "corrupt", str(err)
-    return "ready", "source files present"
+    return "ready", "source files present" + (", preprocessed cache built" if has_cache(root) else "")

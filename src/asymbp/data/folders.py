@@ -213,8 +213,15 @@ def load_icub(root: Path, seed: int) -> Dataset:
                         "the distribution's own train/test folders")
 
 
-_register(ICUB, 10, "official", "official", "iCubWorld: the distribution's train/test folders",
-          loader=load_icub)
+def check_icub(root: Path) -> None:
+    if not root.is_dir() or (find_train_test(root) is None
+                             and not any(find(root, a) is not None for a in ICUB.archives)):
+        raise MissingData(f"icub: no folder with train/ and test/ sub-folders under {root}")
+
+
+register("icub", name=ICUB.name, classes=10, train="official", test="official", model="large",
+         files=ICUB.files, check=check_icub,
+         description="iCubWorld: the distribution's own train/test folders")(load_icub)
 
 
 # --- MIT Indoor-67: the official TrainImages.txt / TestImages.txt (80 / 20 per class) ---------
