@@ -369,3 +369,24 @@ def test_svhn_wrong_mat(tmp_path):
     with pytest.raises(AsymbpError) as err:
         load("svhn", tmp_path)
     assert "train_32x32.mat" in one_line(err)
+
+
+def test_nested_official_archive_caltech101_zip(tmp_path):
+    """caltech-101.zip (data.caltech.edu) holds caltech-101/101_ObjectCategories.tar.gz: both
+    layers are unpacked, by the same function the Caltech-101 loader calls."""
+    import zipfile
+
+    from asymbp.data.folders import CALTECH101
+    from asymbp.data._archive import unpacked
+
+    src = tmp_path / "src"
+    write_tree(src / "101_ObjectCategories", {"accordion": 2, "BACKGROUND_Google": 2})
+    tar_folder(src / "101_ObjectCategories.tar.gz", src / "101_ObjectCategories", "101_ObjectCategories")
+    root = tmp_path / "caltech101"
+    root.mkdir()
+    with zipfile.ZipFile(root / "caltech-101.zip", "w") as z:
+        z.write(src / "101_ObjectCategories.tar.gz", "caltech-101/101_ObjectCategories.tar.gz")
+    base = unpacked(root, CALTECH101.marker, list(CALTECH101.archives), "caltech101", "hint")
+    assert base == root / "caltech-101" / "101_ObjectCategories"
+    assert sorted(p.name for p in base.iterdir()) == ["BACKGROUND_Google", "accordion"]
+    assert len(list((base / "accordion").iterdir())) == 2

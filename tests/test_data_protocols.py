@@ -151,3 +151,4 @@ def test_timit80_seeds(tmp_path):
     assert a.meta["classes"] == b.meta["classes"] != c.meta["classes"]
     np.testing.assert_array_equal(a.x_train, b.x_train)
     assert not set(a.x_train[:, 0]) & set(a.x_test[:, 0])  # rows are unique: disjoint splits
+
