@@ -187,7 +187,7 @@ def _wait_for(db, predicate, timeout):
     raise AssertionError(f"condition not reached in {timeout}s")
 
 
-def test_kill_9_then_resume_runs_everything_exactly_once(tmp_path, small):
+def test_kill_9_then_resume_runs_everything_exactly_once(tmp_path, small, capsys):
     db = str(tmp_path / "r.db")
     epochs = 5
     def command(db):
@@ -208,6 +208,9 @@ def test_kill_9_then_resume_runs_everything_exactly_once(tmp_path, small):
     finished = before[before.status.isin(["done", "diverged"])].set_index("run_key")
     assert 1 <= len(finished) < len(before) == 4
     time.sleep(1.5)  # orphaned workers notice their driver is gone
+    assert main(["status", "--db", db]) == 0
+    shown = capsys.readouterr().out
+    assert "running (no sweep is running" in shown or "0 running" in shown
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr

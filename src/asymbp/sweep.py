@@ -18,6 +18,9 @@ command again continues unfinished runs from their last epoch; the driver writes
 it arrives, so `kill -9` loses at most the epochs in flight. A run that raises is stored as
 failed with its error and the sweep goes on (`retry_failed` runs those again); a run whose loss
 becomes NaN/inf is stored as diverged.
+
+Local workers are spawned processes, so a script that calls `sweep` must guard its entry point
+with `if __name__ == "__main__":` (the spawned workers import the main module).
 """
 
 from __future__ import annotations
@@ -293,6 +296,10 @@ def sweep(runs: list[RunSpec], db, *, workers: int = 1, backend: str = "local",
         skip = ("done", "diverged") if retry_failed else ("done", "diverged", "failed")
         todo = [r for r in by_key.values() if status[r.key] not in skip]
         counts = {"planned": len(by_key), "skipped": len(by_key) - len(todo)}
+        resumed = sum(1 for r in todo if status[r.key] == "running")
+        if log and (counts["skipped"] or resumed):
+            print(f"{counts['skipped']} of {len(by_key)} runs already done, diverged or failed in {db}; "
+                  f"{resumed} resume from their last epoch checkpoint", file=log, flush=True)
         if not todo:
             return {**counts, **_final_counts(store, by_key)}
         store.set_meta(sweep_pid=os.getpid(), sweep_host=socket.gethostname(),

@@ -64,7 +64,7 @@ def run(args) -> int:
                       f"{r.host}")
         failed = df[df["status"] == "failed"]
         if len(failed):
-            print(f"\nfailed (rerun with 'asymbp sweep ... --retry-failed'):")
+            print("\nfailed (rerun with 'asymbp sweep ... --retry-failed'):")
             for r in failed.itertuples(index=False):
                 first = (r.error or "").splitlines()[0] if r.error else ""
                 print(f"  {r.experiment} {r.method} on {r.dataset} k={r.lr_mult:g} "
