@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -69,6 +70,13 @@ def _grid(n: int, ncols: int = 4, w: float = 2.6, h: float = 2.2, sharey=True):
     return fig, list(axes.flat[:n])
 
 
+def _epoch_axis(ax, epochs) -> None:
+    """Whole epochs on the x axis, with room around a single one."""
+    n = int(pd.Series(epochs).max()) if len(epochs) else 1
+    ax.set_xlim(0.5, n + 0.5)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MultipleLocator(max(1, math.ceil(n / 6))))
+
+
 def _mult_label(k: float) -> str:
     return f"k = {k:g}"
 
@@ -94,8 +102,7 @@ def learning_curves(epochs: pd.DataFrame, dataset: str, method: str, ax=None,
     ax.set_title(method)
     ax.set_xlabel("epoch")
     ax.set_ylabel("error (%)")
-    if len(cell) and cell["epoch"].max() <= 10:
-        ax.set_xticks(range(1, int(cell["epoch"].max()) + 1))
+    _epoch_axis(ax, cell["epoch"])
     if legend and mults:
         ax.legend(title="lr multiplier", frameon=False)
     return fig if fig is not None else ax.figure
@@ -108,6 +115,7 @@ def learning_curves_grid(epochs: pd.DataFrame, dataset: str, methods: list[str] 
     fig, axes = _grid(len(methods))
     for ax, m in zip(axes, methods):
         learning_curves(sub, dataset, m, ax=ax, legend=False)
+        ax.xaxis.set_tick_params(labelbottom=True)
         if ax not in axes[-min(4, len(axes)):]:
             ax.set_xlabel("")
     handles = [plt.Line2D([], [], **{**style(i), "linestyle": "-"}, label=_mult_label(k))
@@ -233,8 +241,10 @@ def cell_run(runs: pd.DataFrame, dataset: str, method: str, keys=None) -> str | 
     return sub.sort_values("best_test_error")["run_key"].iloc[0]
 
 
-def alignment_curves(alignment: pd.DataFrame, run_key: str, axes=None, legend: bool = True):
-    """The V–W angle and the error-signal angle per layer over epochs of one run."""
+def alignment_curves(alignment: pd.DataFrame, run_key: str, axes=None, legend: bool = True,
+                     top: float | None = None):
+    """The V–W angle and the error-signal angle per layer over epochs of one run (`top`: the
+    largest angle to make room for; default: this run's)."""
     a = alignment[alignment["run_key"] == run_key]
     fig = None
     if axes is None:
@@ -247,10 +257,14 @@ def alignment_curves(alignment: pd.DataFrame, run_key: str, axes=None, legend: b
     axes[0].set_ylabel("angle (degrees)")
     axes[0].set_title("V–W angle")
     axes[1].set_title("error signal vs backprop")
+    if top is None:
+        top = np.nanmax(a[["angle", "grad_angle"]].to_numpy(dtype=float), initial=0.0)
     for ax in axes:
         ax.set_xlabel("epoch")
-        ax.set_ylim(0, 95)
-        ax.set_yticks([0, 30, 60, 90])
+        # Flipped signs give angles past 90°: show up to 180 only when they happen.
+        ax.set_ylim(0, 95 if top <= 90 else 185)
+        ax.set_yticks([0, 30, 60, 90] if top <= 90 else [0, 45, 90, 135, 180])
+        _epoch_axis(ax, a["epoch"])
     if legend and layers:
         axes[1].legend(title="layer", frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
     return fig if fig is not None else axes[0].figure
@@ -272,9 +286,10 @@ def alignment_grid(alignment: pd.DataFrame, dataset: str, runs: pd.DataFrame,
         return None
     fig, axes = plt.subplots(len(picked), 2, figsize=(7.5, 2.1 * len(picked) + 0.6),
                              squeeze=False, sharey=True, sharex=True, layout="constrained")
-    for row, (m, k) in zip(axes, picked):
+    top = np.nanmax(sub[["angle", "grad_angle"]].to_numpy(dtype=float), initial=0.0)
+    for i, (row, (m, k)) in enumerate(zip(axes, picked)):
         lr = runs.loc[runs["run_key"] == k, "lr_mult"].iloc[0]
-        alignment_curves(sub, k, axes=row, legend=row is axes[0])
+        alignment_curves(sub, k, axes=row, legend=i == 0, top=top)  # one scale for all rows
         row[0].set_ylabel(f"{m}\n(k = {lr:g})\nangle (°)")
     for ax in axes[:-1].flat:
         ax.set_xlabel("")

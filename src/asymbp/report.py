@@ -483,7 +483,7 @@ def report_html(db_or_runs, epochs: pd.DataFrame | None = None,
         if x in P.TABLES and t.attrs["published"].notna().to_numpy().any():
             add(plots.paper_heatmap(t), f"Experiment {x}: our error minus the paper's "
                                         "(percentage points; orange = worse, purple = better).")
-        if x in ("B1", "B2"):
+        if x == next(b for b in ("B1", "B2") if b in exps + ["B2"]):  # one figure for B1 + B2
             for d in _dataset_order(set(xr["dataset"])):
                 if plots.has_flip_data(runs, d):
                     add(plots.flip_probability(runs, d),
