@@ -271,10 +271,34 @@ def test_report_page_is_self_contained(page):
     assert not re.search(r'(src|href)="(?!data:|#)', text), "a link outside the page"
 
 
-def test_report_bad_input(tmp_path, capsys):
-    (tmp_path / "file").write_text("x")
+def test_report_bad_input(db, tmp_path, capsys):
     assert main(["report", "--db", str(tmp_path / "no.db"), "--out", str(tmp_path)]) == 2
     assert "no results database" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "file")]) == 2
+    assert "needs a folder" in capsys.readouterr().err
+
+
+def test_empty_database(tmp_path, capsys):
+    from asymbp.store import Store
+
+    empty = tmp_path / "empty.db"
+    Store(empty).close()
+    assert main(["table", "--experiment", "A", "--db", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no runs of experiment A" in err and "there: none" in err
+    assert main(["report", "--db", str(empty), "--out", str(tmp_path / "r")]) == 2
+    assert "the database has no runs" in capsys.readouterr().err
+
+
+def test_user_grid_table():
+    runs = _runs([("mnist1d", m, 1, 1, v, "done") for m, v in
+                  [("SGD", 20.0), ("PFA+BN", 25.0), ("KP", 19.0)]], experiment="grid")
+    t = report.table(runs, "grid")
+    assert list(t.columns) == ["SGD", "PFA+BN", "KP"]
+    assert t.loc["mnist1d", "PFA+BN"] == "25.00" and t.attrs["highlight"].loc["mnist1d",
+                                                                              "PFA+BN"] == "worse"
+    assert "no published" not in report.render(report.table(runs, "grid", paper=True), "md")
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

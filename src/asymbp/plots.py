@@ -77,6 +77,12 @@ def _epoch_axis(ax, epochs) -> None:
     ax.xaxis.set_major_locator(matplotlib.ticker.MultipleLocator(max(1, math.ceil(n / 6))))
 
 
+def _yerr(std):
+    """Error bars (std over seeds) only where there are several seeds."""
+    std = np.asarray(std, dtype=float)
+    return np.nan_to_num(std) if np.isfinite(std).any() else None
+
+
 def _mult_label(k: float) -> str:
     return f"k = {k:g}"
 
@@ -166,7 +172,7 @@ def flip_probability(runs: pd.DataFrame, dataset: str, protocol: str = "paper"):
             xs = sorted(pts.items(), key=lambda kv: kv[1])
             ys = [cells.loc[m, "value"] for m, _ in xs]
             err = [cells.loc[m, "std"] for m, _ in xs]
-            ax.errorbar([p for _, p in xs], ys, yerr=np.nan_to_num(err), capsize=3,
+            ax.errorbar([p for _, p in xs], ys, yerr=_yerr(err), capsize=3,
                         label=f"{kind} (ours)", **s)
             if "SGD" in cells.index and math.isfinite(cells.loc["SGD", "value"]):
                 sgd = cells.loc["SGD", "value"]
@@ -212,7 +218,7 @@ def c2_bars(runs: pd.DataFrame, dataset: str, protocol: str = "paper"):
         errs = [cells.loc[f"{b}@{where}", "std"] if f"{b}@{where}" in cells.index else np.nan
                 for b in bases]
         pos = x + (j - 0.5) * w
-        ax.bar(pos, vals, w, yerr=np.nan_to_num(errs), capsize=3, color=OKABE_ITO[j],
+        ax.bar(pos, vals, w, yerr=_yerr(errs), capsize=3, color=OKABE_ITO[j],
                hatch=hatch, edgecolor="black", linewidth=0.6, label=where)
         if row in pub.index:
             pv = [pub.loc[row, f"{b}@{where}"] if f"{b}@{where}" in pub.columns else np.nan
