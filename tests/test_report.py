@@ -99,9 +99,9 @@ over all epochs and learning-rate multipliers, mean ± std over seeds).**
 | mnist5k | 2.00 ± 0.71 | 5.50 ± 0.71 ▲ | — | diverged | 1.20* |
 | cifar10 | 30.00 | — | 20.00 ▼ | — | — |
 
-▲ ≥ 3 points worse than the row's SGD (the paper's yellow); ▼ ≥ 3 points better (the paper's \
-blue); diverged: every run of the cell diverged; —: no finished run; *: some runs of the cell \
-not finished yet.
+▲ ≥ 3 points worse than the row's SGD (the paper's yellow); ▼ ≥ 3 points better \
+(the paper's blue); diverged: every run of the cell diverged; —: no finished run; \
+*: some runs of the cell not finished yet.
 """
 
 

@@ -122,12 +122,13 @@ def table(db_or_runs, experiment: str, protocol: str = "paper", paper: bool = Fa
     if protocol not in PROTOCOLS:
         raise unknown("protocol", protocol, PROTOCOLS)
     exp = _experiment_key(experiment)
-    runs = load_runs(db_or_runs)
-    runs = runs[runs["experiment"] == exp] if len(runs) else runs
+    everything = load_runs(db_or_runs)
+    runs = everything[everything["experiment"] == exp] if len(everything) else everything
     if not len(runs):
+        there = sorted(set(everything["experiment"].dropna())) if len(everything) else []
         raise AsymbpError(f"no runs of experiment {exp} in the database; run 'asymbp sweep "
                           f"--experiment {exp} ...' first (experiments there: "
-                          f"{', '.join(sorted(set(load_runs(db_or_runs)['experiment'].dropna()))) or 'none'})")
+                          f"{', '.join(there) or 'none'})")
     if methods is None:
         methods = P.columns(exp) if exp in P.TABLES else list(dict.fromkeys(runs["method"]))
     else:
@@ -264,7 +265,7 @@ def _labels(t: pd.DataFrame) -> list[str]:
 
 
 def to_markdown(t: pd.DataFrame) -> str:
-    """A Markdown table: a caption line, the table (▲/▼ mark the highlighted cells), a legend."""
+    """Markdown: a caption line, the table (▲/▼ mark the highlighted cells), a legend."""
     lines = [f"**{_header(t)}**", ""]
     labels = _labels(t)
     lines.append("| dataset | " + " | ".join(labels) + " |")
@@ -293,7 +294,7 @@ def to_csv(t: pd.DataFrame) -> str:
 
 
 def to_html(t: pd.DataFrame) -> str:
-    """An HTML table with the paper's colours (and the ▲/▼ marks, for print and colour blindness)."""
+    """An HTML table in the paper's colours, with the ▲/▼ marks too (print, colour blindness)."""
     e = html.escape
     paired = isinstance(t.columns, pd.MultiIndex)
     rows = [f'<table class="asymbp-table">',
@@ -488,8 +489,8 @@ def report_html(db_or_runs, epochs: pd.DataFrame | None = None,
                 if plots.has_flip_data(runs, d):
                     add(plots.flip_probability(runs, d),
                         f"Experiment B on {d}: error against the probability p that a feedback "
-                        "sign is flipped, magnitudes redrawn (B1) or fixed (B2); dotted: the paper.")
-                    break  # one figure covers B1 and B2 for the dataset
+                        "sign is flipped, magnitudes redrawn (B1) or fixed (B2); dotted: the "
+                        "paper.")
         if x == "C2":
             for d in _dataset_order(set(xr["dataset"])):
                 add(plots.c2_bars(runs, d), f"Experiment C2 on {d}: bottom (last layer random "

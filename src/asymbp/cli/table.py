@@ -10,7 +10,7 @@ HELP = "print one of the paper's tables (A, B1, B2, C1, C2, BM) from the results
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("table", help=HELP, description=HELP + ". Cells are error %% "
+    p = sub.add_parser("table", help=HELP, description=HELP + ". Cells are error % "
                        "(mean ± std over seeds); ▲/▼ (yellow/blue) mark cells 3 points or "
                        "more worse/better than the row's SGD, as in the paper.")
     p.add_argument("--experiment", required=True,
