@@ -165,6 +165,31 @@ def test_honest_protocol_needs_a_validation_split(db):
     assert (t.iloc[0] == report.MISSING).all()
 
 
+PDFLATEX = shutil.which("pdflatex")
+
+
+def test_latex_is_ascii_and_escaped():
+    tex = report.render(report.table(HAND, "A", paper=True), "latex")
+    assert tex.isascii()
+    assert "\\cellcolor{yellow!45}5.50 $\\pm$ 0.71" in tex and "\\cellcolor{cyan!25}20.00" in tex
+    assert "Error \\%" in tex and "\\multicolumn{3}{c}{uSF+BN+BM}" in tex
+
+
+@pytest.mark.skipif(PDFLATEX is None, reason="pdflatex is not installed "
+                                             "(Debian: texlive-latex-recommended)")
+def test_latex_compiles(tmp_path):
+    t = report.table(HAND, "A", paper=True, methods=["SGD", "BM", "BN", "uSF", "NuSF"])
+    (tmp_path / "t.tex").write_text(report.render(t, "latex"))
+    (tmp_path / "doc.tex").write_text(
+        "\\documentclass{article}\\usepackage[table]{xcolor}\\usepackage{amssymb}"
+        "\\usepackage[landscape,margin=1cm]{geometry}"
+        "\\begin{document}\\input{t}\\end{document}\n")
+    out = subprocess.run([PDFLATEX, "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 1000
+
+
 # ---- the command line ---------------------------------------------------------------------
 
 def test_cli_table(db, capsys, tmp_path):
