@@ -94,6 +94,30 @@ def baseline_of(method: str) -> str:
     return "SGD@" + method.split("@", 1)[1] if "@" in method else "SGD"
 
 
+def highlights(value: pd.DataFrame, all_values: pd.Series) -> pd.DataFrame:
+    """The paper's rule: "worse" where a cell is ≥ 3 points above its row's SGD (yellow in the
+    paper), "better" where ≥ 3 below (blue), else "".
+
+    Arguments:
+        value: the table's numbers (rows datasets, columns methods).
+        all_values: every cell's value, indexed by (dataset, method), so that the SGD baseline
+            is found even where its column is not shown.
+    """
+    out = pd.DataFrame("", index=value.index, columns=value.columns, dtype=object)
+    for d in value.index:
+        for m in value.columns:
+            base = baseline_of(m)
+            if m == base or (d, base) not in all_values.index:
+                continue
+            b, v = all_values.loc[(d, base)], value.loc[d, m]
+            if math.isfinite(b) and math.isfinite(v):
+                if v - b >= HIGHLIGHT_POINTS - 1e-9:  # 1e-9: exactly 3 points counts despite round-off
+                    out.loc[d, m] = "worse"
+                elif b - v >= HIGHLIGHT_POINTS - 1e-9:
+                    out.loc[d, m] = "better"
+    return out
+
+
 def _fmt(v: float) -> str:
     return f"{v:.2f}"
 
@@ -155,19 +179,7 @@ def table(db_or_runs, experiment: str, protocol: str = "paper", paper: bool = Fa
     n_seeds = grid("n_seeds", 0).astype(int)
     status = grid("status", "missing")
 
-    # The paper's rule against the row's SGD (looked up in all cells, shown or not).
-    highlight = pd.DataFrame("", index=value.index, columns=methods, dtype=object)
-    for d in datasets:
-        for m in methods:
-            base = baseline_of(m)
-            if m == base or (d, base) not in cells.index:
-                continue
-            b, v = cells.loc[(d, base), "value"], value.loc[d, m]
-            if math.isfinite(b) and math.isfinite(v):
-                if v - b >= HIGHLIGHT_POINTS - 1e-9:
-                    highlight.loc[d, m] = "worse"
-                elif b - v >= HIGHLIGHT_POINTS - 1e-9:
-                    highlight.loc[d, m] = "better"
+    highlight = highlights(value, cells["value"])
 
     def text(d, m):
         s = status.loc[d, m]
