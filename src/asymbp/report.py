@@ -305,12 +305,15 @@ def to_csv(t: pd.DataFrame) -> str:
     return out.to_csv()
 
 
-def to_html(t: pd.DataFrame) -> str:
-    """An HTML table in the paper's colours, with the ▲/▼ marks too (print, colour blindness)."""
+def to_html(t: pd.DataFrame, caption: bool = True) -> str:
+    """An HTML table in the paper's colours, with the ▲/▼ marks too (print, colour blindness);
+    `caption=False` leaves the caption out (the report puts it above a scrolling table)."""
     e = html.escape
     paired = isinstance(t.columns, pd.MultiIndex)
-    rows = [f'<table class="asymbp-table">',
-            f"<caption>{e(_header(t))}</caption>", "<thead>"]
+    rows = ['<table class="asymbp-table">']
+    if caption:
+        rows.append(f"<caption>{e(_header(t))}</caption>")
+    rows.append("<thead>")
     if paired:
         methods = list(dict.fromkeys(c[0] for c in t.columns))
         rows.append('<tr><th rowspan="2">dataset</th>' + "".join(
@@ -328,7 +331,8 @@ def to_html(t: pd.DataFrame) -> str:
             tds.append(f"<td{style}>{e(txt)}{(' ' + MARK[h]) if h else ''}</td>")
         rows.append(f"<tr><th>{e(d)}</th>{''.join(tds)}</tr>")
     rows.append("</tbody></table>")
-    rows.append(f'<p class="legend">{e(LEGEND)}.</p>')
+    if caption:
+        rows.append(f'<p class="legend">{e(LEGEND)}.</p>')
     return "\n".join(rows) + "\n"
 
 
@@ -392,7 +396,7 @@ caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom:
 th, td { border: 1px solid #999; padding: 0.2em 0.45em; text-align: right; }
 th { background: #eee; } tbody th { text-align: left; }
 .scroll { overflow-x: auto; }
-.legend { font-size: 0.85em; color: #333; }
+.legend { font-size: 0.85em; color: #333; } .caption { font-weight: 600; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.9em; color: #333; }
 pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
@@ -489,10 +493,13 @@ def report_html(db_or_runs, epochs: pd.DataFrame | None = None,
         title_x = P.TABLES[x][1] if x in P.TABLES else "User grid"
         body.append(f'<h2 id="exp-{e(x)}">{e(title_x)}</h2>')
         t = table(runs, x, paper=x in P.TABLES)
-        body.append(f'<div class="scroll">{to_html(t)}</div>')
-        if (runs["experiment"] == x).any() and xr["honest_test_error"].notna().any():
-            body.append('<div class="scroll">' + to_html(table(runs, x, protocol="honest"))
-                        + "</div>")
+        tables = [t]
+        if xr["honest_test_error"].notna().any():
+            tables.append(table(runs, x, protocol="honest"))
+        for tt in tables:
+            body.append(f'<p class="caption">{e(_header(tt))}</p>'
+                        f'<div class="scroll">{to_html(tt, caption=False)}</div>')
+        body.append(f'<p class="legend">{e(LEGEND)}.</p>')
         if x in P.TABLES and t.attrs["published"].notna().to_numpy().any():
             add(plots.paper_heatmap(t), f"Experiment {x}: our error minus the paper's "
                                         "(percentage points; orange = worse, purple = better).")
@@ -526,7 +533,9 @@ def report_html(db_or_runs, epochs: pd.DataFrame | None = None,
         xr = runs[runs["experiment"] == x]
         shared, varying = _config_summary(xr)
         body.append(f"<h3>Experiment {e(x)}</h3><p>Config shared by its {len(xr)} runs "
-                    f"(varying: {e(', '.join(varying)) or 'nothing'}):</p>")
+                    f"(varying: {e(', '.join(varying)) or 'nothing'}; a field not stored was "
+                    "at its <code>asymbp.train.TrainConfig</code> default at the run's "
+                    "commit):</p>")
         body.append(f"<pre>{e(json.dumps(shared, indent=1, sort_keys=True, default=str))}</pre>")
         body.append(f'<details><summary>every run of {e(x)}</summary><div class="scroll">'
                     f"{_runs_html(xr)}</div></details>")
