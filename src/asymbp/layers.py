@@ -147,8 +147,8 @@ class _Asym:
     def renormalize_(self) -> None:
         """W ← W·‖W₀‖/‖W‖ (the +WN constraint); called after each optimizer step."""
         norm = self.weight.norm()
-        if norm > 0:
-            self.weight.mul_(self.w0_norm / norm)
+        # No `if norm > 0` on the host: that would synchronise with the device every step.
+        self.weight.mul_(torch.where(norm > 0, self.w0_norm / norm, torch.ones_like(norm)))
 
 
 class AsymLinear(_Asym, nn.Linear):
