@@ -309,6 +309,8 @@ def test_train_interleaves_mirror_steps(tmp_path):
     out = train({**base, "method": "WM", "mirror_steps": 10})
     assert not out["diverged"]
     assert all(r["angle"] < 60 for r in out["epochs"][0]["alignment"])  # 4 steps × 10 mirrors
+    warm = train({**base, "method": "WM", "mirror_steps": 0, "mirror_warmup": 40})
+    assert all(r["angle"] < 60 for r in warm["epochs"][0]["alignment"])  # 40 mirrors up front
     out = train({**base, "method": "DFA+BN+BM"})
     assert not out["diverged"] and out["method"] == "DFA+BN+BM"
     with pytest.raises(AsymbpError, match="mirror_every"):
