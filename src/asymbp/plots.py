@@ -92,25 +92,37 @@ def _mult_label(k: float) -> str:
 def learning_curves(epochs: pd.DataFrame, dataset: str, method: str, ax=None,
                     legend: bool = True):
     """Test (solid) and training (dashed) error per epoch of one cell, one colour and marker
-    per learning-rate multiplier (seeds averaged)."""
+    per learning-rate multiplier (seeds averaged). A cell's extra procedure (Table 2's uSF+BM
+    batch schedule) is drawn dotted, test error only."""
     cell = epochs[(epochs["dataset"] == dataset) & (epochs["method"] == method)]
+    if "procedure" not in cell:
+        cell = cell.assign(procedure="")
     fig = None
     if ax is None:
         fig, ax = plt.subplots(figsize=(4.2, 3.0))
     mults = sorted(cell["lr_mult"].unique(), reverse=True)
+    extra = False
     for i, k in enumerate(mults):
-        c = cell[cell["lr_mult"] == k].groupby("epoch")[["test_error", "train_error"]].mean()
         s = style(i)
-        ax.plot(c.index, c["test_error"], color=s["color"], marker=s["marker"], linestyle="-",
-                label=_mult_label(k))
-        ax.plot(c.index, c["train_error"], color=s["color"], marker=s["marker"], linestyle="--",
-                markerfacecolor="none", alpha=0.8)
+        at_k = cell[cell["lr_mult"] == k]
+        for proc, runs in at_k.groupby(at_k["procedure"].fillna(""), sort=True):
+            c = runs.groupby("epoch")[["test_error", "train_error"]].mean()
+            if proc:
+                extra = True
+                ax.plot(c.index, c["test_error"], color=s["color"], marker="x", linestyle=":",
+                        label=f"{_mult_label(k)}, {proc}")
+                continue
+            ax.plot(c.index, c["test_error"], color=s["color"], marker=s["marker"],
+                    linestyle="-", label=_mult_label(k))
+            ax.plot(c.index, c["train_error"], color=s["color"], marker=s["marker"],
+                    linestyle="--", markerfacecolor="none", alpha=0.8)
     ax.set_title(method)
     ax.set_xlabel("epoch")
     ax.set_ylabel("error (%)")
     _epoch_axis(ax, cell["epoch"])
-    if legend and mults:
-        ax.legend(title="lr multiplier", frameon=False)
+    if (legend or extra) and mults:
+        ax.legend(title=None if extra and not legend else "lr multiplier", frameon=False,
+                  fontsize=6.5 if extra else None)
     return fig if fig is not None else ax.figure
 
 
