@@ -104,13 +104,16 @@ _NOT_IN_KEY = ("device", "data_dir", "compile")
 
 
 def canonical_config(config: dict) -> str:
-    """The config as canonical JSON (sorted keys, every field filled in, execution-only fields
-    dropped), the input of the run key."""
+    """The config as canonical JSON, the input of the run key: sorted keys, execution-only
+    fields dropped, and fields at their default dropped too, so that adding a new config field
+    (with a default that keeps the old behaviour) leaves existing run keys, and resumes, intact."""
     from .train import TrainConfig
 
     full = TrainConfig.from_dict(dict(config)).to_dict()
+    defaults = TrainConfig().to_dict()
     for k in _NOT_IN_KEY:
         full.pop(k, None)
+    full = {k: v for k, v in full.items() if k not in defaults or v != defaults[k]}
     return json.dumps(full, sort_keys=True, separators=(",", ":"), default=str)
 
 

@@ -183,9 +183,13 @@ class Store:
     def add_runs(self, runs) -> int:
         """Insert `RunSpec`s as pending; runs already present are left alone. Returns how many
         were new."""
+        from .train import TrainConfig
+
+        # The full config (every field, defaults filled in), so each row can be re-run as is.
         rows = [(r.key, r.experiment, r.method, r.dataset, r.config.get("model"), r.lr_mult,
                  r.seed, r.procedure, r.config.get("epochs"),
-                 json.dumps(_clean(r.config), sort_keys=True), _now()) for r in runs]
+                 json.dumps(_clean(TrainConfig.from_dict(dict(r.config)).to_dict()),
+                            sort_keys=True), _now()) for r in runs]
         with self.con:
             before = self.con.total_changes
             self.con.executemany(
