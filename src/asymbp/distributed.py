@@ -66,8 +66,12 @@ class DataParallel:
         ids = [self.device.index or 0] if self.device.type == "cuda" else None
         # Buffers (BN running statistics, feedback generator states) evolve identically on
         # every rank; broadcasting them every forward would only cost time.
-        return DDP(model, device_ids=ids, broadcast_buffers=False,
-                   find_unused_parameters=unused)
+        import inspect
+
+        sync = ({"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                else {"broadcast_buffers": False})
+        return DDP(model, device_ids=ids, find_unused_parameters=unused, **sync)
 
     def shard(self, idx: Tensor) -> Tensor:
         """This rank's contiguous share of a mini-batch's indices."""

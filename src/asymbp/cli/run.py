@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 
 from ..errors import AsymbpError
@@ -27,6 +28,9 @@ def add_parser(sub) -> None:
                    help="print the result as one JSON object (test_error, best_test_error, "
                         "diverged, epochs, ...) instead of the epoch lines")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="data-parallel over N processes on this machine (torchrun; gloo on "
+                        "CPU, nccl on CUDA); the same as torchrun --nproc_per_node N -m asymbp run")
     p.set_defaults(func=run)
 
 
@@ -87,6 +91,8 @@ def add_run_options(p, single: bool = True) -> None:
     p.add_argument("--amp", choices=["fp32", "bf16"], default=d.amp,
                    help="precision: bf16 autocast or fp32 (default: %(default)s)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--channels-last", action="store_true",
+                   help="NHWC memory format for images (faster convolutions on CPU)")
     p.add_argument("--no-alignment", action="store_true",
                    help="skip the per-epoch V-W and error-signal angles")
     p.add_argument("--data-dir", default=None,
@@ -104,6 +110,7 @@ def config_from_args(args, **overrides) -> dict:
         "val_fraction": args.val_fraction, "freeze": args.freeze, "bn_stats": args.bn_stats,
         "device": args.device, "amp": args.amp, "compile": args.compile,
         "alignment": not args.no_alignment, "data_dir": args.data_dir,
+        "channels_last": getattr(args, "channels_last", None),
         "bn_stat_batches": getattr(args, "bn_stat_batches", None),
         "data_seed": getattr(args, "data_seed", None),
     }
@@ -135,12 +142,36 @@ def epoch_line(row: dict) -> str:
     return "  ".join(parts)
 
 
+def _argv_without_nproc(args) -> list[str]:
+    """This `asymbp run` command line, rebuilt from the parsed options, for each process."""
+    argv = ["run"]
+    for key, value in config_from_args(args).items():
+        flag = "--" + key.replace("_", "-")
+        if key == "alignment":
+            argv += [] if value else ["--no-alignment"]
+        elif isinstance(value, bool):
+            argv += [flag] if value else []
+        else:
+            argv += [flag, str(value)]
+    for key in ("checkpoint", "threads"):
+        if getattr(args, key) is not None:
+            argv += ["--" + key, str(getattr(args, key))]
+    argv += ["--json"] if args.json else []
+    argv += ["--no-progress"] if args.no_progress else []
+    return argv
+
+
 def run(args) -> int:
     import torch
 
     from .. import data as datasets
     from ..train import TrainConfig, check_config, train
 
+    if args.nproc is not None and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        from ..distributed import launch
+
+        check_config(TrainConfig.from_dict(config_from_args(args)))
+        return launch(args.nproc, _argv_without_nproc(args))
     if args.threads is not None:
         if args.threads < 1:
             raise AsymbpError(f"--threads must be >= 1, got {args.threads}")
@@ -151,7 +182,7 @@ def run(args) -> int:
     # one line on stderr, not a half-drawn bar and a line.
     ds = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed)
     bar = None
-    if not args.no_progress and not args.json:
+    if not args.no_progress and not args.json and int(os.environ.get("RANK", "0")) == 0:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.epochs, desc=f"{cfg.method} on {cfg.dataset}", unit="epoch",
@@ -167,6 +198,8 @@ def run(args) -> int:
     result = train(cfg, on_epoch=on_epoch, checkpoint=args.checkpoint, data=ds)
     if bar is not None:
         bar.close()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # data parallel: rank 0 prints the run
     if args.json:
         print(json.dumps(_jsonable(result)))
     else:
