@@ -5,8 +5,9 @@ import math
 import pandas as pd
 import pytest
 
-from asymbp.cells import cell_values, table
+from asymbp.cells import cell_values
 from asymbp.errors import AsymbpError
+from asymbp.report import table
 
 
 def runs(*rows):
@@ -46,7 +47,7 @@ def test_diverged_runs_count_for_nothing_but_the_cell_computes():
     assert c.loc["uSF", "value"] == 8.0 and c.loc["uSF", "status"] == "ok"
     assert c.loc["uSF", "n_diverged"] == 1
     assert math.isnan(c.loc["BM", "value"]) and c.loc["BM", "status"] == "diverged"
-    assert table(cell_values(df)).loc["d", "BM"] == "div"
+    assert table(df, "A").loc["d", "BM"] == "diverged"
 
 
 def test_unfinished_cells_are_partial_or_missing():
@@ -57,7 +58,7 @@ def test_unfinished_cells_are_partial_or_missing():
     c = cell_values(df).set_index("method")
     assert c.loc["SGD", "status"] == "partial" and c.loc["SGD", "value"] == 5.0
     assert c.loc["BN", "status"] == "missing" and c.loc["BN", "n_failed"] == 1
-    assert table(cell_values(df)).loc["d", "BN"] == "-"
+    assert table(df, "A").loc["d", "BN"] == "—"
 
 
 def test_experiments_are_separate_cells_and_can_be_selected():

@@ -85,27 +85,3 @@ def cell_values(runs_df: pd.DataFrame, protocol: str = "paper",
                      "n_finished": n_fin, "n_diverged": n_div,
                      "n_failed": int((status == "failed").sum()), "status": state})
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
-
-
-def table(cells: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
-    """Cells as a paper-style table: rows datasets, columns methods (in `columns` order),
-    values "mean" or "mean ± std"; a diverged cell reads "div", a missing one "-"."""
-    def fmt(r):
-        if r.status == "diverged":
-            return "div"
-        if not math.isfinite(r.value):
-            return "-"
-        s = f"{r.value:.2f}"
-        if math.isfinite(r.std):
-            s += f" ± {r.std:.2f}"
-        if r.status == "partial":
-            s += "*"
-        return s
-
-    if cells.empty:
-        return pd.DataFrame()
-    shown = cells.assign(text=[fmt(r) for r in cells.itertuples(index=False)])
-    out = shown.pivot_table(index="dataset", columns="method", values="text", aggfunc="first",
-                            sort=False)
-    cols = [c for c in (columns or list(dict.fromkeys(cells["method"]))) if c in out.columns]
-    return out[cols].rename_axis(index=None, columns=None)

@@ -30,8 +30,8 @@ def _sweep_alive(meta: dict) -> bool | None:
 def run(args) -> int:
     import pandas as pd
 
-    from ..cells import cell_values, table
-    from ..experiments import EXPERIMENTS
+    from ..report import render
+    from ..report import table as report_table
     from ..store import STATUSES, Store, load
 
     with Store(args.db, readonly=True) as s:
@@ -70,8 +70,7 @@ def run(args) -> int:
                 print(f"  {r.experiment} {r.method} on {r.dataset} k={r.lr_mult:g} "
                       f"seed {r.seed}: {first}")
         if args.cells:
-            for exp, part in df.groupby("experiment", sort=False):
-                cols = EXPERIMENTS[exp].columns if exp in EXPERIMENTS else None
+            for exp in df["experiment"].drop_duplicates():
                 print(f"\n{exp} ({args.protocol} protocol, test error %):")
-                print(table(cell_values(part, protocol=args.protocol), cols).to_string())
+                print(render(report_table(df, exp, protocol=args.protocol), "md"))
     return 0

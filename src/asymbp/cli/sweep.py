@@ -73,7 +73,7 @@ def run(args) -> int:
     workers = args.workers
     if args.backend == "ray":
         try:
-            import ray  # noqa: F401
+            import ray
         except ImportError:
             raise AsymbpError("--backend ray needs the ray package: pip install 'asymbp[ray]'"
                               ) from None
@@ -112,10 +112,9 @@ def _dry_run(runs, db) -> int:
 
 
 def _summary(runs, db, counts) -> None:
-    import pandas as pd
-
-    from ..cells import cell_values, table
-    from ..experiments import EXPERIMENTS
+    from ..paper import TABLES as PAPER_TABLES
+    from ..report import render
+    from ..report import table as report_table
     from ..store import load
 
     print(f"{counts['planned']} runs: {counts['done']} done, {counts['diverged']} diverged, "
@@ -125,9 +124,9 @@ def _summary(runs, db, counts) -> None:
     df = load(db)
     df = df[df["run_key"].isin(keys)]
     protocol = runs[0].config.get("protocol", "paper") if runs else "paper"
-    for exp, part in df.groupby("experiment", sort=False):
-        cells = cell_values(part, protocol=protocol)
-        cols = EXPERIMENTS[exp].columns if exp in EXPERIMENTS else None
-        with pd.option_context("display.width", 200, "display.max_columns", 50):
-            print(f"\n{exp} ({protocol} protocol, test error %):")
-            print(table(cells, cols).to_string())
+    for exp in df["experiment"].drop_duplicates():
+        print(f"\n{exp} ({protocol} protocol, test error %):")
+        print(render(report_table(df, exp, protocol=protocol), "md"))
+        if exp in PAPER_TABLES:
+            print(f"(beside the published numbers: asymbp table --experiment {exp} --db {db} "
+                  "--paper)")
