@@ -1,0 +1,133 @@
+"""Many runs on one device: the five learning-rate multipliers of a cell, and seeds, together.
+
+`train_many(configs)` trains every config with `train()` in concurrent worker processes that
+share the machine (or one GPU), each with its own few threads, and returns the results in the
+order of `configs`. A worker is the same code path as a one-by-one run, so the results are the
+ones `train()` gives in a process with the same thread count — bitwise on CPU (the kernels are
+deterministic for a fixed thread count; tests/test_batched.py checks it). With another thread
+count the float summation order changes, so losses agree to about 1e-6 relative and error rates
+to an example or two once training dynamics amplify the difference (Batch Manhattan's sign of
+a near-zero gradient is the usual amplifier).
+
+Why workers and not one batched model: a "grouped" model (the runs concatenated along channels:
+grouped convolutions, bmm for the fully connected layers, per-run learning rates in the
+optimizer) was timed against sequential steps on the 2-core CPU (benchmarks/sweep_time.py,
+`grouped`): with one thread it was no faster than five separate steps, because these networks'
+steps are compute-bound in oneDNN convolutions and pooling, not in Python overhead; two
+one-thread workers use both cores with no synchronisation at all. On a GPU, where a tiny network
+leaves the device idle between kernel launches, several workers per GPU fill it the same way
+(CUDA MPS helps); a vmap/grouped model remains the next step there.
+
+    from asymbp.batched import train_many, cell
+    results = train_many(cell("uSF+BN+BM", "mnist5k", seeds=[1]), workers=2, threads=1)
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Callable, Iterable
+
+from .errors import AsymbpError
+
+# The paper's five learning-rate multipliers k (base = 5e-4 × k), DESIGN §6.
+LR_MULTS = (100.0, 10.0, 1.0, 0.1, 0.01)
+
+
+def cell(method: str, dataset: str, seeds: Iterable[int] = (1,), lr_mults=LR_MULTS,
+         **options) -> list[dict]:
+    """The configs of one (method, dataset) cell: every lr multiplier × every seed."""
+    return [dict(dataset=dataset, method=method, lr_mult=float(k), seed=int(s), **options)
+            for s in seeds for k in lr_mults]
+
+
+def default_layout(n_runs: int, cpus: int | None = None) -> tuple[int, int]:
+    """(workers, threads per worker): one single-threaded worker per core, fewer if fewer runs."""
+    cpus = cpus or os.cpu_count() or 1
+    workers = max(1, min(n_runs, cpus))
+    return workers, max(1, cpus // workers)
+
+
+# ---- the worker process -----------------------------------------------------------------
+
+_DATA = None  # the dataset handed to this worker, if any
+
+
+def _init_worker(threads: int, data) -> None:
+    import torch
+
+    global _DATA
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+    _DATA = data
+
+
+def _run_one(config: dict) -> dict:
+    from .train import train
+
+    return train(config, data=_DATA)
+
+
+# ---- the API ------------------------------------------------------------------------------
+
+
+def train_many(configs: list[dict], *, workers: int | None = None, threads: int | None = None,
+               data=None, on_result: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Train every config, several at a time on this machine; results in the configs' order.
+
+    Arguments:
+        configs: `TrainConfig` dicts (e.g. `cell(...)`), validated before anything starts.
+        workers: concurrent processes (default: one per CPU core, at most one per run);
+            `workers=0` runs them one by one in this process (the reference path).
+        threads: torch threads per worker (default: cores / workers).
+        data: an already loaded `asymbp.data.Dataset` used by every run (default: each run
+            loads its config's dataset; the loaders cache on disk).
+        on_result: called as `on_result(index, result)` as soon as each run finishes (in this
+            process), e.g. to write it to the store.
+
+    Returns:
+        The `train()` result dict of each config, in order.
+    """
+    from .train import TrainConfig, check_config
+
+    configs = [c.to_dict() if isinstance(c, TrainConfig) else dict(c) for c in configs]
+    for c in configs:
+        check_config(TrainConfig.from_dict(c))
+    default_workers, default_threads = default_layout(len(configs))
+    workers = default_workers if workers is None else int(workers)
+    if workers < 0 or (threads is not None and int(threads) < 1):
+        raise AsymbpError(f"workers must be >= 0 and threads >= 1, got {workers}, {threads}")
+    if threads is None:
+        threads = default_threads if workers else None
+    results: list[dict | None] = [None] * len(configs)
+
+    if workers == 0:
+        import torch
+
+        from .train import train
+
+        old = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(int(threads))
+        try:
+            for i, c in enumerate(configs):
+                results[i] = train(c, data=data)
+                if on_result is not None:
+                    on_result(i, results[i])
+        finally:
+            torch.set_num_threads(old)
+        return results
+
+    # spawn, not fork: a forked child of a process that has started torch's thread pools can
+    # deadlock, and CUDA cannot be re-initialised in a forked child.
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(int(threads), data)) as pool:
+        futures = {pool.submit(_run_one, c): i for i, c in enumerate(configs)}
+        for fut in as_completed(futures):
+            i = futures[fut]
+            results[i] = fut.result()
+            if on_result is not None:
+                on_result(i, results[i])
+    return results
