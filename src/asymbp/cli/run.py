@@ -93,6 +93,13 @@ def add_run_options(p, single: bool = True) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--channels-last", action="store_true",
                    help="NHWC memory format for images (faster convolutions on CPU)")
+    p.add_argument("--mirror-every", type=int, default=d.mirror_every, metavar="N",
+                   help="WM (weight mirrors): mirror steps after every N training steps "
+                        "(default: %(default)s)")
+    p.add_argument("--mirror-steps", type=int, default=d.mirror_steps, metavar="N",
+                   help="WM: mirror steps each time (default: %(default)s)")
+    p.add_argument("--mirror-warmup", type=int, default=d.mirror_warmup, metavar="N",
+                   help="WM: mirror steps before the first training step (default: %(default)s)")
     p.add_argument("--no-alignment", action="store_true",
                    help="skip the per-epoch V-W and error-signal angles")
     p.add_argument("--data-dir", default=None,
@@ -113,6 +120,9 @@ def config_from_args(args, **overrides) -> dict:
         "channels_last": getattr(args, "channels_last", None),
         "bn_stat_batches": getattr(args, "bn_stat_batches", None),
         "data_seed": getattr(args, "data_seed", None),
+        "mirror_every": getattr(args, "mirror_every", None),
+        "mirror_steps": getattr(args, "mirror_steps", None),
+        "mirror_warmup": getattr(args, "mirror_warmup", None),
     }
     cfg.update(overrides)
     return {k: v for k, v in cfg.items() if v is not None}
