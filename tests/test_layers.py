@@ -258,3 +258,18 @@ def test_unconvertible_layer_type():
 def test_unknown_scheme_option():
     with pytest.raises(AsymbpError, match="takes no option"):
         AsymLinear(3, 2, scheme="uSF", sigma=0.1)
+
+
+@pytest.mark.parametrize("rows", [3, 400])  # factored (small batch) and formed-V (large batch)
+def test_pfa_linear_paths_agree_with_the_oracle(rows):
+    torch.manual_seed(0)
+    layer = AsymLinear(6, 4, scheme="PFA", seed=2, dtype=torch.float64)
+    assert layer.feedback.factored_is_cheaper(rows) == (rows == 3)
+    x = torch.randn(rows, 6, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    B, R = layer.feedback.B, layer.feedback.R
+    torch.testing.assert_close(x.grad, g @ (B @ R.detach()))  # Vᵀ g with V = B·R
+    torch.testing.assert_close(R.grad, B.T @ (g.T @ x.detach()))  # Bᵀ g_W
+    torch.testing.assert_close(layer.weight.grad, g.T @ x.detach())

@@ -378,6 +378,17 @@ class ProductFeedbackAlignment(Feedback):
         # (N_out, αN) @ (αN, C_in·kh·kw) -> W's shape
         return (self.B @ self.R.flatten(1)).view(W.shape)
 
+    @property
+    def factored(self) -> bool:
+        """A Linear layer may skip forming V (layers.PFALinearFunction)."""
+        return self.R.dim() == 2
+
+    def factored_is_cheaper(self, rows: int) -> bool:
+        """Multiply-adds of the factored backward vs forming V and Bᵀ g_W, for `rows` inputs."""
+        n_out, hidden = self.B.shape
+        n_in = self.R.shape[1]
+        return rows * hidden * (n_out + 2 * n_in) < 2 * hidden * n_out * n_in + rows * n_out * n_in
+
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, orthogonal={self.orthogonal}, seed={self.seed}"
 

@@ -65,6 +65,45 @@ class AsymLinearFunction(torch.autograd.Function):
         return gx, gW if need_W else None, gb, gV
 
 
+class PFALinearFunction(torch.autograd.Function):
+    """PFA for a Linear layer with V = B·R never formed: dE/dx = (g B) R, dE/dR = (g B)ᵀ x.
+
+    The same gradients as `AsymLinearFunction` with V = B·R (autograd gives R the gradient
+    Bᵀ g_W = Bᵀ gᵀ x = (g B)ᵀ x), at a cost of M·αN·(N_out + 2·N_in) multiply-adds instead of
+    2·αN·N_out·N_in for forming V and Bᵀ g_W: cheaper whenever the batch M is small next to
+    N_out (the paper's fc layers).
+    """
+
+    @staticmethod
+    def forward(x: Tensor, W: Tensor, b: Tensor | None, B: Tensor, R: Tensor) -> Tensor:
+        return F.linear(x, W, b)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, W, b, B, R = inputs
+        ctx.x_dtype, ctx.w_dtype = x.dtype, W.dtype
+        ctx.save_for_backward(x, B, R)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, B, R = ctx.saved_tensors
+        need_x, need_W, need_b, _, need_R = ctx.needs_input_grad
+        dt = g.dtype
+        g2 = g.reshape(-1, g.shape[-1])  # (M, N_out)
+        x2 = x.reshape(-1, x.shape[-1]).to(dt)  # (M, N_in)
+        gx = gW = gb = gR = None
+        h = g2 @ B.to(dt) if (need_x or need_R) else None  # (M, αN)
+        if need_x:
+            gx = (h @ R.to(dt)).reshape(*g.shape[:-1], R.shape[-1]).to(ctx.x_dtype)
+        if need_W:
+            gW = (g2.T @ x2).to(ctx.w_dtype)
+        if need_b:
+            gb = g2.sum(0)
+        if need_R:
+            gR = (h.T @ x2).to(ctx.w_dtype)  # (αN, N_in) = Bᵀ g_W
+        return gx, gW, gb, None, gR
+
+
 class AsymConv2dFunction(torch.autograd.Function):
     """y = conv2d(x, W) + b forward; dE/dx = conv_transpose2d(g, V) backward."""
 
@@ -174,6 +213,9 @@ class AsymLinear(_Asym, nn.Linear):
             y = AsymLinearFunction.apply(x.detach(), self.weight, self.bias,
                                          self._V_for_backward())
             return self.feedback.attach(y, x, conv=False)
+        f = self.feedback
+        if getattr(f, "factored", False) and f.factored_is_cheaper(x.numel() // x.shape[-1]):
+            return PFALinearFunction.apply(x, self.weight, self.bias, f.B, f.R)
         return AsymLinearFunction.apply(x, self.weight, self.bias, self._V_for_backward())
 
     def extra_repr(self) -> str:
