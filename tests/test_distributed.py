@@ -22,10 +22,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, schemes: list[str], out_dir: str) -> None:
+def _init(rank: int, world: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def _worker(rank: int, world: int, port: int, schemes: list[str], out_dir: str) -> None:
+    _init(rank, world, port)
     try:
         results = {}
         for scheme in schemes:
@@ -65,9 +69,7 @@ def test_feedback_identical_across_ranks_for_every_scheme(tmp_path):
 
 
 def _ddp_equivalence_worker(rank, world, port, scheme, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    _init(rank, world, port)
     try:
         torch.manual_seed(0)
         model = asymbp.convert(asymbp.models.build("mnist", 10), scheme, seed=5)

@@ -33,13 +33,7 @@ from asymbp.errors import AsymbpError
 from asymbp.models import MODELS, build, freeze, weight_layers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: one thread is many times faster than two on a shared, loaded machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # key -> (build kwargs, input shape, output classes, parameters without BN, BN channels)
 TABLE1 = {

@@ -21,13 +21,7 @@ from asymbp.optim import SGD, UPDATE_RULES, BatchManhattan, make_optimizer
 RULES = ["SGD", "BM1", "BM2", "BM3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: one thread is many times faster than two on a shared, loaded machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def oracle(rule: str, w0, grads, lr, m, d):

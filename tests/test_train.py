@@ -18,13 +18,7 @@ from asymbp.train import TrainConfig, batch_schedule, lr_at, refresh_bn_stats, t
 D, C = 12, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: one thread is many times faster than two on a shared, loaded machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
