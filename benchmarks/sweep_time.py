@@ -15,6 +15,12 @@ fraction of the peak of a large matmul timed in this process.
     python benchmarks/sweep_time.py                                  # mnist5k, uSF+BN+BM, CPU
     python benchmarks/sweep_time.py --layouts 2x1,1x2 --epochs 5
     python benchmarks/sweep_time.py --device cuda --layouts 5x1,2x1
+    python benchmarks/sweep_time.py --experiment A --layouts 2x1 --channels-last   # projection
+
+`--experiment A` times one run of every (method, procedure) of the experiment instead of one
+cell (lr multiplier 0.1, which none of them diverges at) and projects the experiment's wall
+time on this machine: the sum over its runs of 65 × that method's steady epoch time, divided by
+the workers. Runs that diverge early in the real sweep make the real time shorter.
 """
 
 from __future__ import annotations
@@ -144,6 +150,31 @@ def grouped_vs_sequential_steps(R: int, device, threads: int, repeats: int = 7) 
             "speedup": seq / grp}
 
 
+def project_experiment(key: str, args, data, peak: float) -> dict:
+    from asymbp.experiments import plan
+
+    runs = plan(key, datasets=[args.dataset])
+    shapes: dict[tuple, list] = {}  # (method, procedure) -> its runs
+    for r in runs:
+        shapes.setdefault((r.method, r.procedure), []).append(r)
+    w, t = (int(v) for v in args.layouts.split(",")[0].lower().split("x"))
+    configs = [{**rs[0].config, "lr_mult": 0.1, "epochs": args.epochs, "device": args.device,
+                "channels_last": args.channels_last} for rs in shapes.values()]
+    start = time.perf_counter()
+    results = train_many(configs, workers=w, threads=t, data=data)
+    wall = time.perf_counter() - start
+    rows, total = [], 0.0
+    for (method, proc), rs, res in zip(shapes, shapes.values(), results):
+        epoch_s = statistics.median(e["seconds"] for e in res["epochs"][1:])
+        total += len(rs) * FULL_EPOCHS * epoch_s / w
+        rows.append({"method": method, "procedure": proc, "runs": len(rs), "epoch_s": epoch_s,
+                     "diverged": res["diverged"]})
+    flops = sum(len(rs) for rs in shapes.values()) * FULL_EPOCHS * run_flops(configs[0], data)
+    return {"experiment": key, "runs": len(runs), "layout": f"{w}x{t}", "rows": rows,
+            "measured_wall_s": wall, "projected_s": total,
+            "projected_peak_fraction_sgd_flops": flops / total / peak}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
@@ -154,6 +185,8 @@ def main(argv=None) -> int:
                    help="comma-separated: sequential and/or WxT (W workers, T threads each)")
     p.add_argument("--no-grouped", action="store_true", help="skip the grouped-model prototype")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--experiment", default=None,
+                   help="project this experiment's wall time (e.g. A) instead of timing a cell")
     p.add_argument("--out", default=str(Path(__file__).with_name("sweep_time.json")))
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -162,6 +195,24 @@ def main(argv=None) -> int:
     configs = cell(args.method, args.dataset, seeds=[1], lr_mults=LR_MULTS, epochs=args.epochs,
                    device=args.device, channels_last=args.channels_last)
     peak = matmul_peak(device)
+    if args.experiment:
+        proj = project_experiment(args.experiment, args, data, peak)
+        print(f"device {device}, torch {torch.__version__}, {cpus} CPUs, matmul peak "
+              f"{peak / 1e9:.1f} GFLOP/s; Experiment {args.experiment} on {args.dataset}, "
+              f"{proj['runs']} runs, layout {proj['layout']}, channels_last "
+              f"{args.channels_last}\n\n{'method':<13} {'procedure':<16} {'runs':>4} "
+              f"{'epoch s':>8}")
+        for r in proj["rows"]:
+            print(f"{r['method']:<13} {r['procedure']:<16} {r['runs']:>4} {r['epoch_s']:8.3f}")
+        print(f"\nprojected wall time of the experiment: {proj['projected_s'] / 60:.1f} min "
+              f"({proj['projected_peak_fraction_sgd_flops'] * 100:.0f}% of the matmul peak at "
+              f"the first method's FLOPs per epoch); this measurement took "
+              f"{proj['measured_wall_s']:.0f}s")
+        Path(args.out).write_text(json.dumps({"device": str(device), "cpus": cpus,
+                                              "matmul_peak_flops": peak, "args": vars(args),
+                                              **proj}, indent=1))
+        print(f"wrote {args.out}")
+        return 0
     flops = run_flops(configs[2], data)
     print(f"device {device}, torch {torch.__version__}, {cpus} CPUs, matmul peak "
           f"{peak / 1e9:.1f} GFLOP/s; cell {args.method} on {args.dataset} (5 lr multipliers, "
