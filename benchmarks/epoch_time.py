@@ -25,10 +25,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from step_time import matmul_peak  # noqa: E402
+from step_time import matmul_peak
 
-from asymbp.data import Dataset  # noqa: E402
-from asymbp.train import train  # noqa: E402
+from asymbp.data import Dataset
+from asymbp.train import train
 
 # network -> (input shape, classes, training images per epoch by default)
 SHAPES = {
@@ -59,9 +59,10 @@ def epoch_flops(config: dict, data: Dataset) -> int:
 def bench(network: str, args, peak: float) -> dict:
     n_train = args.n_train or SHAPES[network][2]
     data = synthetic(network, n_train, args.n_test)
-    config = dict(dataset="mnist5k", model=network, method=args.method, lr_mult=args.lr_mult,
-                  epochs=args.epochs, device=args.device, amp=args.amp, compile=args.compile,
-                  channels_last=args.channels_last, alignment=not args.no_alignment)
+    config = {"dataset": "mnist5k", "model": network, "method": args.method,
+              "lr_mult": args.lr_mult, "epochs": args.epochs, "device": args.device,
+              "amp": args.amp, "compile": args.compile, "channels_last": args.channels_last,
+              "alignment": not args.no_alignment}
     flops = epoch_flops(config, data)
     result = train(config, data=data)
     # The first epoch pays for warm-up (and compilation): the median of the later ones.

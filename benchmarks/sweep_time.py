@@ -39,11 +39,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from step_time import matmul_peak, sync  # noqa: E402
+from step_time import matmul_peak, sync
 
-from asymbp import data as datasets  # noqa: E402
-from asymbp.batched import LR_MULTS, cell, train_many  # noqa: E402
-from asymbp.train import train  # noqa: E402
+from asymbp import data as datasets
+from asymbp.batched import LR_MULTS, cell, train_many
+from asymbp.train import train
 
 FULL_EPOCHS = 65  # runs/hour are of the paper's 65-epoch runs
 

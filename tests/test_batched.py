@@ -81,4 +81,4 @@ def test_in_process_path_and_layout():
     assert default_layout(5, cpus=2) == (2, 1)
     assert default_layout(1, cpus=2) == (1, 2)
     with pytest.raises(AsymbpError, match="method"):
-        train_many([dict(method="nope")], workers=0)
+        train_many([{"method": "nope"}], workers=0)

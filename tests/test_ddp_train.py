@@ -38,8 +38,8 @@ def _config(method: str) -> dict:
     # No BN: with BN each rank normalises its half of the batch, which is not the whole batch.
     # A small learning rate: frSF's update is not a gradient and, on random labels, its first
     # layer grows fast enough to amplify float-summation differences past any tolerance.
-    return dict(dataset="mnist5k", method=method, epochs=2, batch_size=100, lr_mult=0.005,
-                alignment=False, seed=3)
+    return {"dataset": "mnist5k", "method": method, "epochs": 2, "batch_size": 100,
+            "lr_mult": 0.005, "alignment": False, "seed": 3}
 
 
 def _rank(rank: int, world: int, port: int, method: str, out_dir: str) -> None:

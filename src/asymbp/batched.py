@@ -15,8 +15,8 @@ optimizer) was timed against sequential steps on the 2-core CPU (benchmarks/swee
 `grouped`): 1.00x with one thread and with two, because these networks' steps are bound by
 oneDNN convolutions, batch norm and pooling, not by Python overhead; two one-thread workers use
 both cores with no synchronisation at all, 1.23x the throughput of one two-thread process on an
-mnist5k cell (0.98 vs 1.21 s per run-epoch, uSF+BN+BM, channels_last). On a GPU, where a tiny network
-leaves the device idle between kernel launches, several workers per GPU fill it the same way
+mnist5k cell (0.98 vs 1.21 s per run-epoch, uSF+BN+BM, channels_last). On a GPU, where a tiny
+network leaves the device idle between kernel launches, several workers per GPU fill it the same way
 (CUDA MPS helps); a vmap/grouped model remains the next step there.
 
     from asymbp.batched import train_many, cell
@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Callable, Iterable
 
 from .errors import AsymbpError
 
