@@ -30,6 +30,7 @@ network, mostly in max pooling and the convolutions).
 from __future__ import annotations
 
 import multiprocessing as mp
+import contextlib
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -65,6 +66,24 @@ WORKER_MALLOC = {
     "MALLOC_TRIM_THRESHOLD_": str(1 << 32),
     "MALLOC_TOP_PAD_": str(256 << 20),
 }
+
+
+
+@contextlib.contextmanager
+def worker_malloc_env():
+    """Set `WORKER_MALLOC` (unless the environment sets it) while worker processes start."""
+    saved = {k: os.environ.get(k) for k in WORKER_MALLOC}
+    for k, v in WORKER_MALLOC.items():
+        os.environ.setdefault(k, v)  # read by each worker's C library when it starts
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
 
 _DATA = None  # the dataset handed to this worker, if any
 
@@ -137,22 +156,13 @@ def train_many(configs: list[dict], *, workers: int | None = None, threads: int 
     # spawn, not fork: a forked child of a process that has started torch's thread pools can
     # deadlock, and CUDA cannot be re-initialised in a forked child.
     ctx = mp.get_context("spawn")
-    saved = {k: os.environ.get(k) for k in WORKER_MALLOC}
-    for k, v in WORKER_MALLOC.items():
-        os.environ.setdefault(k, v)  # read by each worker's C library when it starts
-    try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(int(threads), data)) as pool:
-            futures = {pool.submit(_run_one, c): i for i, c in enumerate(configs)}
-            for fut in as_completed(futures):
-                i = futures[fut]
-                results[i] = fut.result()
-                if on_result is not None:
-                    on_result(i, results[i])
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with worker_malloc_env(), ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_init_worker,
+            initargs=(int(threads), data)) as pool:
+        futures = {pool.submit(_run_one, c): i for i, c in enumerate(configs)}
+        for fut in as_completed(futures):
+            i = futures[fut]
+            results[i] = fut.result()
+            if on_result is not None:
+                on_result(i, results[i])
     return results

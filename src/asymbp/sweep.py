@@ -133,8 +133,11 @@ def run_local(tasks: list[Task], workers: int, threads: int):
         task_q.put(None)
     procs = [ctx.Process(target=_local_worker, args=(w, task_q, event_q, threads, os.getpid()),
                          daemon=True, name=f"asymbp-worker-{w}") for w in range(workers)]
-    for p in procs:
-        p.start()
+    from .batched import worker_malloc_env
+
+    with worker_malloc_env():
+        for p in procs:
+            p.start()
     current: dict[int, str] = {}
     remaining = len(tasks)
     try:

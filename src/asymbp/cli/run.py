@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -91,8 +92,10 @@ def add_run_options(p, single: bool = True) -> None:
     p.add_argument("--amp", choices=["fp32", "bf16"], default=d.amp,
                    help="precision: bf16 autocast or fp32 (default: %(default)s)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--channels-last", action="store_true",
-                   help="NHWC memory format for images (faster convolutions on CPU)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   default=d.channels_last,
+                   help="NHWC memory format for images: faster convolutions on CPU, the same "
+                        "math (default: on)")
     p.add_argument("--mirror-every", type=int, default=d.mirror_every, metavar="N",
                    help="WM (weight mirrors): mirror steps after every N training steps "
                         "(default: %(default)s)")
