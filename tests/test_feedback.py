@@ -233,3 +233,12 @@ def test_alignment_metrics():
     assert signals["features.0"] > 45  # below random feedback, nearly orthogonal at init
     assert all(p.grad is None for p in rnd.parameters())  # no .grad touched
     assert rnd.features[0].scheme == "RndF"  # the schemes come back
+
+
+def test_brsf_p_magnitudes_uniform_and_independent_of_flips():
+    layer = AsymLinear(300, 300, scheme="brSF-25", seed=4)
+    V, W = layer.feedback_weight(), layer.weight.detach()
+    flipped = torch.sign(V) != torch.where(W < 0, -1.0, 1.0)
+    for part in (V.abs()[flipped], V.abs()[~flipped]):  # M ~ U[0, 1) on both sides
+        assert abs(part.mean().item() - 0.5) < 0.01
+        assert abs(part.var().item() - 1 / 12) < 0.005

@@ -244,10 +244,16 @@ class BatchwiseRandomSignFeedback(_RedrawnMixin, Feedback):
         return ("p",)
 
     def draw(self, W: Tensor, gen: torch.Generator) -> Tensor:
-        M = torch.rand(W.shape, generator=gen, device=W.device, dtype=W.dtype)
-        if self.p > 0:
-            M = M * _flip_signs(W.shape, self.p, gen, W.device, W.dtype)
-        return M  # M ∘ S_p
+        u = torch.rand(W.shape, generator=gen, device=W.device, dtype=W.dtype)
+        q = self.p / 100.0
+        if q == 0:
+            return u  # M
+        if q == 1:
+            return -u  # M ∘ S_1
+        # One uniform draw gives both: S_p = −1 when u < q, and M = u rescaled within its side
+        # (u/q or (u − q)/(1 − q)), which is again U[0, 1) and independent of S_p. Half the
+        # random numbers of drawing M and S_p separately.
+        return torch.where(u < q, u / -q, (u - q) / (1.0 - q))  # M ∘ S_p
 
     def V(self, W: Tensor) -> Tensor:
         return self._current_draw(W) * fsign(W)
