@@ -86,9 +86,14 @@ def make(name: str, W: Tensor, seed: int, **options) -> "Feedback":
     return cls(W, seed, **opts)
 
 
-def fsign(W: Tensor) -> Tensor:
-    """sign() for feedback: ±1, a zero weight counts as +1 (DESIGN §2)."""
-    return torch.where(W < 0, -1.0, 1.0).to(W.dtype)
+def fsign(W: Tensor, scale: float | Tensor = 1.0) -> Tensor:
+    """scale·sign(W) for feedback: ±scale, a zero weight counts as +1 (DESIGN §2).
+
+    One fused pass (compare and select), so NuSF and sSF cost no more than uSF.
+    """
+    if isinstance(scale, Tensor):
+        return torch.where(W < 0, -scale, scale).to(W.dtype)
+    return torch.where(W < 0, -float(scale), float(scale)).to(W.dtype)
 
 
 def fan_in(W: Tensor) -> int:
@@ -157,7 +162,7 @@ class NormalizedUniformSignFeedback(Feedback):
     """Normalised uniform sign-concordant feedback, V = sign(W) / fan_in. Liao et al. 2016."""
 
     def V(self, W: Tensor) -> Tensor:
-        return fsign(W) / fan_in(W)
+        return fsign(W, 1.0 / fan_in(W))
 
 
 @register("sSF")
@@ -173,7 +178,7 @@ class ScaledSignFeedback(Feedback):
         self.register_buffer("c", W.detach().float().std().to(W.dtype).reshape(()))
 
     def V(self, W: Tensor) -> Tensor:
-        return self.c * fsign(W)
+        return fsign(W, self.c)
 
 
 class _RedrawnMixin:
