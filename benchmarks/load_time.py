@@ -1,4 +1,4 @@
-"""Benchmark: loading a cached MNIST-sized dataset (`python -m asymbp.data.bench`).
+"""Benchmark: loading a cached MNIST-sized dataset (`python benchmarks/load_time.py`).
 
 Writes MNIST-sized IDX files (60 000 + 10 000 images, 28×28, the real format) to a temporary
 folder, loads them once (parse + write the cache) and then `--repeat` times from the cache, and
@@ -22,7 +22,7 @@ def write_idx(path: Path, a: np.ndarray) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from . import load
+    from asymbp.data import load
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=5)
