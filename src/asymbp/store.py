@@ -73,14 +73,14 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _clean(obj):
+def json_safe(obj):
     """JSON-safe: NaN/inf become null."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -188,7 +188,7 @@ class Store:
         # The full config (every field, defaults filled in), so each row can be re-run as is.
         rows = [(r.key, r.experiment, r.method, r.dataset, r.config.get("model"), r.lr_mult,
                  r.seed, r.procedure, r.config.get("epochs"),
-                 json.dumps(_clean(TrainConfig.from_dict(dict(r.config)).to_dict()),
+                 json.dumps(json_safe(TrainConfig.from_dict(dict(r.config)).to_dict()),
                             sort_keys=True), _now()) for r in runs]
         with self.con:
             before = self.con.total_changes
@@ -224,7 +224,7 @@ class Store:
                 (key, int(row["epoch"]), _num(row.get("train_loss")),
                  _num(row.get("train_error")), _num(row.get("test_error")),
                  _num(row.get("val_error")), row.get("lr"), row.get("batch_size"),
-                 row.get("seconds"), json.dumps(_clean(align)) if align else None))
+                 row.get("seconds"), json.dumps(json_safe(align)) if align else None))
             self.con.execute("UPDATE runs SET epochs_done=(SELECT count(*) FROM epochs WHERE "
                              "run_key=?) WHERE run_key=?", (key, key))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -131,16 +130,6 @@ def config_from_args(args, **overrides) -> dict:
     return {k: v for k, v in cfg.items() if v is not None}
 
 
-def _jsonable(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 def epoch_line(row: dict) -> str:
     parts = [f"epoch {row['epoch']:>3}", f"lr {row['lr']:.2e}", f"loss {row['train_loss']:.4f}",
              f"train {row['train_error']:6.2f}%", f"test {row['test_error']:6.2f}%"]
@@ -178,6 +167,7 @@ def run(args) -> int:
     import torch
 
     from .. import data as datasets
+    from ..store import json_safe
     from ..train import TrainConfig, check_config, train
 
     if args.nproc is not None and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -214,7 +204,7 @@ def run(args) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # data parallel: rank 0 prints the run
     if args.json:
-        print(json.dumps(_jsonable(result)))
+        print(json.dumps(json_safe(result)))
     else:
         status = f"DIVERGED at epoch {result['diverged_epoch']}" if result["diverged"] else "done"
         print(f"{result['method']} on {cfg.dataset}: final test error "
