@@ -42,17 +42,22 @@ def _same(a, b) -> bool:
 METRICS = ("test_error", "best_test_error", "best_epoch", "diverged", "diverged_epoch", "epochs")
 
 
+def _one_by_one(configs, data):
+    """`train()` on each config in this process, on one thread (the workers' setting)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [train(c, data=data) for c in configs]
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("method", ["uSF+BN+BM", "brSF-25+BN"])
 def test_workers_equal_one_by_one(method):
     configs = cell(method, "mnist5k", seeds=[1], epochs=2, batch_size=50)
     configs += cell(method, "mnist5k", seeds=[2], lr_mults=[1.0], epochs=2, batch_size=50)
     data = _data()
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        one_by_one = [train(c, data=data) for c in configs]
-    finally:
-        torch.set_num_threads(old)
+    one_by_one = _one_by_one(configs, data)
     seen = []
     together = train_many(configs, workers=2, threads=1, data=data,
                           on_result=lambda i, r: seen.append(i))
@@ -70,11 +75,7 @@ def test_in_process_path_and_layout():
                    alignment=False)
     data = _data()
     old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ref = [train(c, data=data) for c in configs]
-    finally:
-        torch.set_num_threads(old)
+    ref = _one_by_one(configs, data)
     got = train_many(configs, workers=0, threads=1, data=data)
     assert all(_same(a["epochs"], b["epochs"]) for a, b in zip(ref, got))
     assert torch.get_num_threads() == old

@@ -181,6 +181,20 @@ class ScaledSignFeedback(Feedback):
         return fsign(W, self.c)
 
 
+def _device_generator(owner, device, seed: int) -> torch.Generator:
+    """`owner._gen` on `device`, made on first use from `seed`, or from the state restored by
+    `load_state_dict` (`owner._gen_state`), which it then consumes."""
+    gen = owner._gen
+    if gen is None or gen.device != torch.device(device):
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+        if owner._gen_state is not None:
+            gen.set_state(owner._gen_state)
+            owner._gen_state = None
+        owner._gen = gen
+    return gen
+
+
 class _RedrawnMixin:
     """Draws once per update of W, from a per-layer generator on W's device."""
 
@@ -193,14 +207,7 @@ class _RedrawnMixin:
         self._draw: Tensor | None = None
 
     def _generator(self, device: torch.device) -> torch.Generator:
-        if self._gen is None or self._gen.device != device:
-            gen = torch.Generator(device=device)
-            gen.manual_seed((self.seed * 2654435761 + 1) % (2**63))
-            if self._gen_state is not None:
-                gen.set_state(self._gen_state)
-                self._gen_state = None
-            self._gen = gen
-        return self._gen
+        return _device_generator(self, device, (self.seed * 2654435761 + 1) % (2**63))
 
     @torch.compiler.disable
     def _current_draw(self, W: Tensor) -> Tensor:
@@ -457,14 +464,7 @@ class WeightMirror(Feedback):
         return self.weight
 
     def _generator(self, device) -> torch.Generator:
-        if self._gen is None or self._gen.device != torch.device(device):
-            gen = torch.Generator(device=device)
-            gen.manual_seed((self.seed * 40503 + 7) % (2**63))
-            if self._gen_state is not None:
-                gen.set_state(self._gen_state)
-                self._gen_state = None
-            self._gen = gen
-        return self._gen
+        return _device_generator(self, device, (self.seed * 40503 + 7) % (2**63))
 
     def noise(self, layer: nn.Module) -> Tensor:
         """The mirror phase's input x ~ N(0, σ²): (N, in) or (N, C_in, patch_h, patch_w)."""
