@@ -189,7 +189,6 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=not norm.bn)
         self.bn2 = _one(norm.conv(cout))
         self.shortcut: nn.Module = nn.Identity()
-        self.pad = 0
         if stride != 1 or cin != cout:
             if shortcut == "A":  # He et al. 2016 CIFAR option A: subsample, pad channels with 0
                 self.shortcut = _SubsamplePad(stride, cout - cin)

@@ -153,9 +153,9 @@ def validate(ds: Dataset) -> None:
 from . import idx, cifar, svhn, stl10, folders, flowers, timit, packaged  # noqa: E402,F401,I001
 
 # The paper's table order (DESIGN §7), then the packaged ones.
-PAPER_ORDER = ["mnist", "cifar10", "cifar100", "svhn", "stl10", "caltech101", "caltech256-101",
-               "icub", "flowers17", "flowers102", "pubfig83-id", "sufrw-id", "lfw-id", "scene67",
-               "timit80"]
+from ..paper import PAPER_DATASETS  # noqa: E402
+
+PAPER_ORDER = list(PAPER_DATASETS.values())
 _ordered = sorted(DATASETS.items(), key=lambda kv: (
     PAPER_ORDER.index(kv[0]) if kv[0] in PAPER_ORDER else len(PAPER_ORDER), kv[0]))
 DATASETS.clear()
