@@ -96,6 +96,9 @@ def test_usf_zero_weight_counts_as_plus_one():
     with torch.no_grad():
         layer.weight.zero_()
     assert torch.equal(layer.feedback_weight(), torch.ones(2, 3))
+    with torch.no_grad():
+        layer.weight.neg_()  # −0.0: the sign bit is set, yet the weight is zero
+    assert torch.equal(layer.feedback_weight(), torch.ones(2, 3))
 
 
 def test_ssf_scale_is_init_std():
