@@ -263,3 +263,22 @@ def test_ray_backend_gives_the_same_rows_as_local_processes(tmp_path, tiny):
     ea, eb = (store.load_epochs(d)[ecols].sort_values(["run_key", "epoch"])
               .reset_index(drop=True) for d in (local, remote))
     assert ea.equals(eb)
+
+
+def test_bare_cuda_goes_round_robin_over_the_visible_gpus():
+    from asymbp.sweep import placed_device
+
+    assert [placed_device("cuda", w, 4) for w in range(6)] == [
+        "cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
+    assert placed_device("cuda", 3, 1) == "cuda"  # one visible GPU (e.g. a Ray actor's own)
+    assert placed_device("cuda:1", 3, 4) == "cuda:1"  # an explicit index is kept
+    assert placed_device("cpu", 3, 4) == "cpu"
+
+
+def test_ray_gpu_share_per_worker():
+    from asymbp.sweep import gpus_per_worker
+
+    assert gpus_per_worker(8, 16) == 0.5  # two runs per GPU
+    assert gpus_per_worker(8, 4) == 1.0  # never more than one GPU per run
+    with pytest.raises(AsymbpError, match="no GPU"):
+        gpus_per_worker(0, 2)

@@ -373,6 +373,7 @@ def test_freeze_option_and_conflict(npz):
     (dict(protocol="fancy"), "protocol"),
     (dict(bn_stats="median"), "BN"),
     (dict(freeze="middle"), "freeze"),
+    (dict(compile="fastest"), "compile mode"),
 ])
 def test_config_errors(npz, changes, match):
     with pytest.raises(AsymbpError, match=match):

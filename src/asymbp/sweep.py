@@ -68,13 +68,34 @@ class Task:
 # ---- what a worker does (shared by both executors) -----------------------------------------
 
 
-class Runner:
-    """A worker's state: its torch threads and the datasets it has loaded (once each)."""
+def placed_device(device: str, wid: int, n_gpus: int) -> str:
+    """The device worker `wid` runs a config's `device` on: a bare "cuda" goes round-robin over
+    the `n_gpus` GPUs this worker sees (worker 0 on cuda:0, worker 1 on cuda:1, ...), so
+    `--workers 16` on an 8-GPU machine puts two runs on each GPU; any other device is kept."""
+    if device == "cuda" and n_gpus > 1:
+        return f"cuda:{wid % n_gpus}"
+    return device
 
-    def __init__(self, threads: int):
+
+def gpus_per_worker(n_gpus: float, workers: int) -> float:
+    """Ray's `num_gpus` for one worker: the cluster's GPUs shared evenly, at most one each
+    (Ray then sets each actor's CUDA_VISIBLE_DEVICES, and several actors share a GPU)."""
+    if n_gpus <= 0:
+        raise AsymbpError("the runs ask for device cuda but the Ray cluster has no GPU; run on "
+                          "a cluster with GPUs or give --device cpu")
+    return min(1.0, n_gpus / max(1, workers))
+
+
+class Runner:
+    """A worker's state: its torch threads, its GPU (if any) and the datasets it has loaded
+    (once each)."""
+
+    def __init__(self, threads: int, wid: int = 0):
         import torch
 
         torch.set_num_threads(threads)
+        self.wid = wid
+        self.n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         self.datasets: dict = {}
 
     def dataset(self, config: dict):
@@ -89,8 +110,10 @@ class Runner:
         """Train `task`, streaming epochs through `emit(event)`; return the final event."""
         from .train import train
 
+        config = dict(task.config)
+        config["device"] = placed_device(str(config.get("device", "cpu")), self.wid, self.n_gpus)
         try:
-            result = train(task.config, checkpoint=task.checkpoint, data=self.dataset(task.config),
+            result = train(config, checkpoint=task.checkpoint, data=self.dataset(config),
                            on_epoch=lambda row: emit(("epoch", task.key, row)))
             return ("done", task.key, result)
         except Exception as err:  # noqa: BLE001 - any failure is recorded, the sweep goes on
@@ -113,7 +136,7 @@ def _orphan_watchdog(parent: int) -> None:
 
 def _local_worker(wid: int, tasks, events, threads: int, parent: int) -> None:
     threading.Thread(target=_orphan_watchdog, args=(parent,), daemon=True).start()
-    runner = Runner(threads)
+    runner = Runner(threads, wid)
     while (task := tasks.get()) is not None:
         events.put(("start", wid, task.key))
         kind, key, payload = runner.run(task, lambda ev: events.put((ev[0], wid, *ev[1:])))
@@ -175,7 +198,7 @@ class _RayWorker:
     """A Ray actor: a `Runner` that streams epochs through a Ray queue."""
 
     def __init__(self, wid: int, threads: int, events):
-        self.wid, self.events, self.runner = wid, events, Runner(threads)
+        self.wid, self.events, self.runner = wid, events, Runner(threads, wid)
 
     def run(self, task: Task):
         kind, key, payload = self.runner.run(
@@ -193,8 +216,11 @@ def run_ray(tasks: list[Task], workers: int, threads: int, address: str | None =
         ray.init(address=address, log_to_driver=False, include_dashboard=False,
                  configure_logging=False)
     events = Queue()
-    actor = ray.remote(num_cpus=threads)(_RayWorker)
     workers = max(1, min(workers, len(tasks)))
+    gpus = 0.0
+    if any(str(t.config.get("device", "cpu")).startswith("cuda") for t in tasks):
+        gpus = gpus_per_worker(ray.cluster_resources().get("GPU", 0.0), workers)
+    actor = ray.remote(num_cpus=threads, num_gpus=gpus)(_RayWorker)
     actors = [actor.remote(w, threads, events) for w in range(workers)]
     todo, inflight, idle = list(tasks), {}, list(range(workers))[::-1]
 

@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
 
 def add_run_options(p, single: bool = True) -> None:
     """The options that define a run (shared with `asymbp sweep`)."""
-    from ..train import TrainConfig
+    from ..train import COMPILE_MODES, TrainConfig
 
     d = TrainConfig()
     if single:
@@ -87,10 +87,14 @@ def add_run_options(p, single: bool = True) -> None:
     p.add_argument("--data-seed", type=int, default=d.data_seed, metavar="SEED",
                    help="seed of the sampled classes and splits of the paper's datasets and of "
                         "the honest validation split (default: %(default)s)")
-    p.add_argument("--device", default=d.device, help="torch device (default: %(default)s)")
+    p.add_argument("--device", default=d.device,
+                   help="torch device: cpu, cuda, cuda:1, mps ... (default: %(default)s); in a "
+                        "sweep a bare 'cuda' spreads the workers over the visible GPUs")
     p.add_argument("--amp", choices=["fp32", "bf16"], default=d.amp,
                    help="precision: bf16 autocast or fp32 (default: %(default)s)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="torch.compile the model; MODE: " + ", ".join(COMPILE_MODES)
+                        + " (reduce-overhead adds CUDA graphs on a GPU; default: default)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    default=d.channels_last,
                    help="NHWC memory format for images: faster convolutions on CPU, the same "
