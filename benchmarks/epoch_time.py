@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--amp", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="NHWC images, as train() does by default (default: on)")
     p.add_argument("--no-alignment", action="store_true")
     p.add_argument("--out", default=str(Path(__file__).with_name("epoch_time.json")))
     args = p.parse_args(argv)

@@ -184,7 +184,8 @@ def main(argv=None) -> int:
     p.add_argument("--layouts", default="sequential,2x1",
                    help="comma-separated: sequential and/or WxT (W workers, T threads each)")
     p.add_argument("--no-grouped", action="store_true", help="skip the grouped-model prototype")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="NHWC images, as train() does by default (default: on)")
     p.add_argument("--experiment", default=None,
                    help="project this experiment's wall time (e.g. A) instead of timing a cell")
     p.add_argument("--out", default=str(Path(__file__).with_name("sweep_time.json")))

@@ -374,6 +374,7 @@ def test_freeze_option_and_conflict(npz):
     (dict(bn_stats="median"), "BN"),
     (dict(freeze="middle"), "freeze"),
     (dict(compile="fastest"), "compile mode"),
+    (dict(eval_batch_size=0), "batch sizes"),
 ])
 def test_config_errors(npz, changes, match):
     with pytest.raises(AsymbpError, match=match):

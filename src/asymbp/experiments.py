@@ -100,7 +100,7 @@ class RunSpec:
 
 
 # Fields that change where or how fast a run executes, not what it computes.
-_NOT_IN_KEY = ("device", "data_dir", "compile", "channels_last")
+_NOT_IN_KEY = ("device", "data_dir", "compile", "channels_last", "eval_batch_size")
 
 
 def canonical_config(config: dict) -> str:
