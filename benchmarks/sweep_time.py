@@ -159,7 +159,7 @@ def project_experiment(key: str, args, data, peak: float) -> dict:
         shapes.setdefault((r.method, r.procedure), []).append(r)
     w, t = (int(v) for v in args.layouts.split(",")[0].lower().split("x"))
     configs = [{**rs[0].config, "lr_mult": 0.1, "epochs": args.epochs, "device": args.device,
-                "channels_last": args.channels_last} for rs in shapes.values()]
+                "channels_last": args.channels_last, "amp": args.amp} for rs in shapes.values()]
     start = time.perf_counter()
     results = train_many(configs, workers=w, threads=t, data=data)
     wall = time.perf_counter() - start
@@ -186,6 +186,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-grouped", action="store_true", help="skip the grouped-model prototype")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="NHWC images, as train() does by default (default: on)")
+    p.add_argument("--amp", choices=["fp32", "bf16"], default="fp32",
+                   help="precision of the runs (bf16: autocast; default: %(default)s)")
     p.add_argument("--experiment", default=None,
                    help="project this experiment's wall time (e.g. A) instead of timing a cell")
     p.add_argument("--out", default=str(Path(__file__).with_name("sweep_time.json")))
@@ -194,14 +196,14 @@ def main(argv=None) -> int:
     cpus = os.cpu_count() or 1
     data = datasets.load(args.dataset)
     configs = cell(args.method, args.dataset, seeds=[1], lr_mults=LR_MULTS, epochs=args.epochs,
-                   device=args.device, channels_last=args.channels_last)
+                   device=args.device, channels_last=args.channels_last, amp=args.amp)
     peak = matmul_peak(device)
     if args.experiment:
         proj = project_experiment(args.experiment, args, data, peak)
         print(f"device {device}, torch {torch.__version__}, {cpus} CPUs, matmul peak "
               f"{peak / 1e9:.1f} GFLOP/s; Experiment {args.experiment} on {args.dataset}, "
               f"{proj['runs']} runs, layout {proj['layout']}, channels_last "
-              f"{args.channels_last}\n\n{'method':<13} {'procedure':<16} {'runs':>4} "
+              f"{args.channels_last}, {args.amp}\n\n{'method':<13} {'procedure':<16} {'runs':>4} "
               f"{'epoch s':>8}")
         for r in proj["rows"]:
             print(f"{r['method']:<13} {r['procedure']:<16} {r['runs']:>4} {r['epoch_s']:8.3f}")
