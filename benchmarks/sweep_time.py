@@ -150,6 +150,21 @@ def grouped_vs_sequential_steps(R: int, device, threads: int, repeats: int = 7) 
             "speedup": seq / grp}
 
 
+def synthetic_like(key: str):
+    """Random data of dataset `key`'s network shapes and sizes (per-class sizes: C × n)."""
+    from epoch_time import synthetic
+
+    info = datasets.DATASETS[key]
+
+    def size(text: str) -> int:
+        n = int("".join(ch for ch in text if ch.isdigit()) or 0)
+        return n * (info.classes or 1) if "/class" in text else (n or 1000)
+
+    ds = synthetic(info.model, size(info.train), size(info.test))
+    return datasets.Dataset(key, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes,
+                            info.model)
+
+
 def project_experiment(key: str, args, data, peak: float) -> dict:
     from asymbp.experiments import plan
 
@@ -190,11 +205,14 @@ def main(argv=None) -> int:
                    help="precision of the runs (bf16: autocast; default: %(default)s)")
     p.add_argument("--experiment", default=None,
                    help="project this experiment's wall time (e.g. A) instead of timing a cell")
+    p.add_argument("--synthetic", action="store_true",
+                   help="random data of the dataset's shapes and sizes instead of its files "
+                        "(e.g. --dataset cifar10 on a machine without the CIFAR-10 files)")
     p.add_argument("--out", default=str(Path(__file__).with_name("sweep_time.json")))
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cpus = os.cpu_count() or 1
-    data = datasets.load(args.dataset)
+    data = synthetic_like(args.dataset) if args.synthetic else datasets.load(args.dataset)
     configs = cell(args.method, args.dataset, seeds=[1], lr_mults=LR_MULTS, epochs=args.epochs,
                    device=args.device, channels_last=args.channels_last, amp=args.amp)
     peak = matmul_peak(device)

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from asymbp.data import Dataset
+from asymbp.distributed import shutdown
 from asymbp.train import train
 
 
@@ -50,7 +51,7 @@ def _rank(rank: int, world: int, port: int, method: str, out_dir: str) -> None:
         result = train(_config(method), data=_data(), checkpoint=os.path.join(out_dir, "ddp.pt"))
         torch.save(result["epochs"], os.path.join(out_dir, f"epochs{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        shutdown()  # not destroy_process_group: see its docstring
 
 
 @pytest.mark.parametrize("method", ["SGD", "frSF-25"])

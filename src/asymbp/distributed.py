@@ -27,6 +27,7 @@ runs without BN are, up to float summation order (tests/test_ddp_train.py).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -86,8 +87,23 @@ class DataParallel:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
     def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+        if self.owns_group:
+            shutdown()
+
+
+def shutdown() -> None:
+    """Destroy the default process group without gloo's teardown deadlock.
+
+    Destroying a ProcessGroupGloo joins its worker threads while holding the GIL, and a worker
+    still freeing a finished collective needs the GIL for it: a DDP run (our 2-process test,
+    once) then hangs at exit. A barrier, then a pause with the GIL released, lets the workers
+    finish first.
+    """
+    if not dist.is_initialized():
+        return
+    dist.barrier()
+    time.sleep(0.05)
+    dist.destroy_process_group()
 
 
 def data_parallel(device: torch.device) -> DataParallel | None:

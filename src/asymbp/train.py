@@ -475,6 +475,9 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
             on_epoch(row)
 
     if dp is not None:
+        # The DDP wrapper goes first, while the process group is still registered, so that
+        # freeing its reducer never tears the group down (see distributed.shutdown).
+        step_model = None  # noqa: F841
         dp.close()
     return summarize(cfg, spec, history, diverged_epoch, elapsed, model)
 
