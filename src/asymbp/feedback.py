@@ -89,9 +89,9 @@ def make(name: str, W: Tensor, seed: int, **options) -> "Feedback":
 def fsign(W: Tensor, scale: float | Tensor = 1.0) -> Tensor:
     """scale·sign(W) for feedback: ±scale, a zero weight counts as +1 (DESIGN §2).
 
-    One copysign pass: `torch.where(W < 0, -s, s)` is 10× slower on the CPU (its select kernel
-    is not vectorised), which made V cost as much as the matmul that uses it. `W + 0.0` turns a
-    −0.0 weight into +0.0, so that it too counts as +1.
+    One copysign pass (a select, `torch.where(W < 0, -s, s)`, timed 16× slower in isolation on
+    the CPU, though whole training epochs barely noticed). `W + 0.0` turns a −0.0 weight into
+    +0.0, so that it too counts as +1.
     """
     s = scale if isinstance(scale, Tensor) else torch.tensor(float(scale))
     return torch.copysign(s.to(device=W.device, dtype=W.dtype), W + 0.0)
@@ -266,8 +266,8 @@ class BatchwiseRandomSignFeedback(_RedrawnMixin, Feedback):
         # One uniform draw gives both: S_p = −1 when u < q, and M = |u − q| rescaled within its
         # side (by q or 1 − q), which is again uniform on [0, 1] and independent of S_p. Half the
         # random numbers of drawing M and S_p separately. As arithmetic, with a = u − q:
-        # (a + min(a, 0)·(1 − 2q)/q) / (1 − q) is a/q below zero and a/(1 − q) above — vectorised
-        # passes, where a select (torch.where) costs 4× the whole random draw on the CPU.
+        # (a + min(a, 0)·(1 − 2q)/q) / (1 − q) is a/q below zero and a/(1 − q) above — a few
+        # vectorised passes, where a select (torch.where) timed 4× the random draw itself.
         a = u.sub_(q)
         return a.add_(a.clamp_max(0.0), alpha=(1.0 - 2.0 * q) / q).mul_(1.0 / (1.0 - q))
 
