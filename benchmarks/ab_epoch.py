@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from epoch_time import SHAPES, synthetic
+from epoch_time import add_workload_args, workload
 
 from asymbp.train import train
 
@@ -42,20 +42,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--a", default="", help="config overrides of A, e.g. amp=fp32")
     p.add_argument("--b", default="", help="config overrides of B, e.g. amp=bf16")
-    p.add_argument("--network", default="mnist", choices=list(SHAPES))
-    p.add_argument("--method", default="uSF+BN+BM")
-    p.add_argument("--n-train", type=int, default=None, help="default: per network")
-    p.add_argument("--n-test", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=3, help="per repeat, the first one dropped")
+    add_workload_args(p, 3, "per repeat, the first one dropped")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(Path(__file__).with_name("ab_epoch.json")))
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    data = synthetic(args.network, args.n_train or SHAPES[args.network][2], args.n_test)
-    base = {"dataset": "mnist5k", "model": args.network, "method": args.method,
-            "lr_mult": 0.1, "epochs": args.epochs, "device": args.device}
+    data, base = workload(args)
+    base["epochs"] = args.epochs
     configs = {"A": {**base, **overrides(args.a)}, "B": {**base, **overrides(args.b)}}
     seconds: dict[str, list[float]] = {"A": [], "B": []}
     for _ in range(args.repeats):

@@ -50,6 +50,25 @@ def synthetic(network: str, n_train: int, n_test: int, seed: int = 0) -> Dataset
                    network)
 
 
+def add_workload_args(p: argparse.ArgumentParser, epochs: int, epochs_help: str) -> None:
+    """The options of one network's synthetic workload (profile_epoch.py, ab_epoch.py)."""
+    p.add_argument("--network", default="mnist", choices=list(SHAPES))
+    p.add_argument("--method", default="uSF+BN+BM")
+    p.add_argument("--n-train", type=int, default=None, help="default: per network")
+    p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+
+
+def workload(args) -> tuple[Dataset, dict]:
+    """(synthetic data, base run config) from `add_workload_args`'s options; sets the threads."""
+    torch.set_num_threads(args.threads)
+    data = synthetic(args.network, args.n_train or SHAPES[args.network][2], args.n_test)
+    return data, {"dataset": "mnist5k", "model": args.network, "method": args.method,
+                  "lr_mult": 0.1, "device": args.device}
+
+
 def epoch_flops(config: dict, data: Dataset) -> int:
     with FlopCounterMode(display=False) as counter:
         train({**config, "epochs": 1, "compile": False}, data=data)

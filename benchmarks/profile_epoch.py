@@ -24,7 +24,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from epoch_time import SHAPES, synthetic
+from epoch_time import add_workload_args, workload
 
 import asymbp.train as T
 
@@ -74,19 +74,10 @@ def timed(fn, bucket: dict, key: str):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--network", default="mnist", choices=list(SHAPES))
-    p.add_argument("--method", default="uSF+BN+BM")
-    p.add_argument("--n-train", type=int, default=None, help="default: per network")
-    p.add_argument("--n-test", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=2, help="profiled epochs (after one warm-up)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu")
+    add_workload_args(p, 2, "profiled epochs (after one warm-up)")
     p.add_argument("--out", default=str(Path(__file__).with_name("profile_epoch.json")))
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    data = synthetic(args.network, args.n_train or SHAPES[args.network][2], args.n_test)
-    config = {"dataset": "mnist5k", "model": args.network, "method": args.method,
-              "lr_mult": 0.1, "device": args.device}
+    data, config = workload(args)
     T.train({**config, "epochs": 1}, data=data)  # warm-up
 
     phases: dict[str, float] = defaultdict(float)
