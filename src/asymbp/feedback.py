@@ -93,8 +93,10 @@ def fsign(W: Tensor, scale: float | Tensor = 1.0) -> Tensor:
     the CPU, though whole training epochs barely noticed). `W + 0.0` turns a −0.0 weight into
     +0.0, so that it too counts as +1.
     """
-    s = scale if isinstance(scale, Tensor) else torch.tensor(float(scale))
-    return torch.copysign(s.to(device=W.device, dtype=W.dtype), W + 0.0)
+    # A float scale is made on W's device: a CPU scalar would be a host-to-device copy in every
+    # backward on a GPU (and break CUDA-graph capture).
+    s = scale.to(W.dtype) if isinstance(scale, Tensor) else W.new_full((), float(scale))
+    return torch.copysign(s, W + 0.0)
 
 
 def fan_in(W: Tensor) -> int:
