@@ -29,8 +29,8 @@ network, mostly in max pooling and the convolutions).
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import contextlib
+import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -66,7 +66,6 @@ WORKER_MALLOC = {
     "MALLOC_TRIM_THRESHOLD_": str(1 << 32),
     "MALLOC_TOP_PAD_": str(256 << 20),
 }
-
 
 
 @contextlib.contextmanager

@@ -122,7 +122,7 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
     eval_batch = cfg.eval_batch_size
     if int(cfg.batch_size) < 1 or (eval_batch is not None and int(eval_batch) < 1):
         raise AsymbpError(f"batch sizes must be >= 1, got {cfg.batch_size} (training), "
-                          f"{cfg.eval_batch_size} (evaluation)")
+                          f"{eval_batch} (evaluation)")
     if cfg.protocol not in ("paper", "honest"):
         raise AsymbpError(f"unknown protocol {cfg.protocol!r}; valid: paper, honest")
     if cfg.bn_stats not in ("paper", "running"):
