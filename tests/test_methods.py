@@ -17,7 +17,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "paper"
 def _all_columns():
     cols = {c for e in EXPERIMENTS for c in paper.columns(e)}
     if SHARED.is_dir():  # the published CSVs themselves, where this checkout has them
-        for f in SHARED.glob("*.csv"):
+        # Liao 2016's tables (table*.csv); BioTorch's CSVs beside them name BioTorch's methods
+        # (FA, DFA, ...) and lead with model/optimizer columns: they are not Liao's grammar.
+        for f in SHARED.glob("table*.csv"):
             with f.open() as fh:
                 cols |= set(next(csv.reader(fh))[1:])
     return sorted(cols)
