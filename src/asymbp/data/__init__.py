@@ -3,7 +3,8 @@
 `load(key, data_dir=None, seed=0)` returns a `Dataset`: `x_train` (N, C, H, W) float32 images or
 (N, D) vectors, `y_train` int64 labels 0..C−1, the same for test, plus the paper's default
 network for it. Keys: the registered ones (`asymbp.data.DATASETS`) and `npz:PATH` for any `.npz`
-with `x_train, y_train, x_test, y_test`.
+with `x_train, y_train, x_test, y_test` (the layouts it takes: `npz.load_npz`). Every loaded
+dataset passes `validate` (shapes, labels, no empty split, no NaN/inf) before it is used.
 
 Data lives under one root: `data_dir`, else `$ASYMBP_DATA`, else `~/.cache/asymbp`, one folder per
 dataset key holding the files exactly as the original source distributes them (archives packed or
