@@ -71,7 +71,7 @@ def _images(x: np.ndarray, p: Path, k: str) -> np.ndarray:
         raise AsymbpError(f"{p}: {k} must be numeric, got {x.dtype}")
     if x.ndim == 4 and x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
         x = x.transpose(0, 3, 1, 2)  # N×H×W×C -> N×C×H×W
-    x = np.array(x, dtype=np.float32, order="C")  # one copy, contiguous, even when transposed
+    x = np.ascontiguousarray(x, dtype=np.float32)  # at most one copy, even when transposed
     if x.ndim == 4 and x.max(initial=0) > 1.5:  # 0..255 images
         x /= 255.0
     return x
@@ -92,7 +92,8 @@ def _labels(y: np.ndarray, p: Path, k: str) -> np.ndarray:
                               "indices, not targets or probabilities")
         y = y.astype(np.int64)
     elif y.dtype.kind not in "iu":
-        raise AsymbpError(f"{p}: {k} must be integer class labels, got {y.dtype}")
+        raise AsymbpError(f"{p}: {k} must be integer class labels, got {y.dtype}; for class "
+                          "names save np.unique(y, return_inverse=True)[1]")
     return y
 
 
