@@ -233,13 +233,23 @@ class Tensors:
 def prepare_data(cfg: TrainConfig, device: torch.device, ds: datasets.Dataset | None = None
                  ) -> Tensors:
     """Load, split (honest protocol), normalise per channel with training statistics, move."""
-    ds = ds or datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed)
+    if ds is None:
+        ds = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed)  # validated there
+    else:
+        datasets.validate(ds)  # a dataset built by the caller gets the same checks
     x_tr, y_tr = ds.x_train, ds.y_train
     x_val = y_val = None
     if cfg.protocol == "honest":
         rng = np.random.default_rng(cfg.data_seed + 7919)
         perm = rng.permutation(len(y_tr))
         n_val = max(1, int(round(len(perm) * cfg.val_fraction)))
+        if n_val >= len(perm):
+            raise AsymbpError(
+                f"dataset {ds.key}: the honest protocol holds out {n_val} of its {len(perm)} "
+                f"training example(s) for validation (val_fraction {cfg.val_fraction}), leaving "
+                "none to train on; lower val_fraction (--val-fraction), add training examples "
+                "or use protocol paper"
+            )
         val, tr = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         x_val, y_val, x_tr, y_tr = x_tr[val], y_tr[val], x_tr[tr], y_tr[tr]
     axes = (0, 2, 3) if x_tr.ndim == 4 else (0,)
@@ -315,7 +325,10 @@ def refresh_bn_stats(model: nn.Module, x: Tensor, batch: int, n_batches: int, al
 
 @torch.no_grad()
 def error_rate(model: nn.Module, x: Tensor, y: Tensor, batch: int, amp) -> float:
-    """Classification error in % (eval mode)."""
+    """Classification error in % (eval mode); NaN for no examples (an error rate of nothing is
+    not 0 %: `summarize` then reports no best epoch rather than a perfect one)."""
+    if len(x) == 0:
+        return math.nan
     was = model.training
     model.eval()
     wrong = torch.zeros((), dtype=torch.long, device=x.device)
@@ -324,7 +337,7 @@ def error_rate(model: nn.Module, x: Tensor, y: Tensor, batch: int, amp) -> float
             out = model(x[i:i + batch])
         wrong += (out.argmax(1) != y[i:i + batch]).sum()
     model.train(was)
-    return 100.0 * wrong.item() / max(1, len(x))
+    return 100.0 * wrong.item() / len(x)
 
 
 def _amp_context(cfg: TrainConfig, device: torch.device):

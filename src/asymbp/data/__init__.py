@@ -3,7 +3,8 @@
 `load(key, data_dir=None, seed=0)` returns a `Dataset`: `x_train` (N, C, H, W) float32 images or
 (N, D) vectors, `y_train` int64 labels 0..C−1, the same for test, plus the paper's default
 network for it. Keys: the registered ones (`asymbp.data.DATASETS`) and `npz:PATH` for any `.npz`
-with `x_train, y_train, x_test, y_test`.
+with `x_train, y_train, x_test, y_test` (the layouts it takes: `npz.load_npz`). Every loaded
+dataset passes `validate` (shapes, labels, no empty split, no NaN/inf) before it is used.
 
 Data lives under one root: `data_dir`, else `$ASYMBP_DATA`, else `~/.cache/asymbp`, one folder per
 dataset key holding the files exactly as the original source distributes them (archives packed or
@@ -125,28 +126,71 @@ def load(key: str, data_dir: str | os.PathLike | None = None, seed: int = 0) -> 
 
 
 def validate(ds: Dataset) -> None:
-    """Check shapes, dtypes and labels of a loaded dataset; raise one line naming the problem."""
+    """Check a loaded dataset before any training: every loader's result (and a `Dataset` given
+    to `train(data=...)`) goes through here, so every format gets the same checks.
+
+    Raises a one-line `AsymbpError` naming the dataset and the array when a split is empty,
+    inputs are not (N, D) / (N, C, H, W) real numbers or hold NaN/inf, labels are not 1-D
+    integers in 0..num_classes−1 or do not match the inputs in number, or train and test
+    inputs differ in shape.
+    """
     for split in ("train", "test"):
-        x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        kx, ky = f"x_{split}", f"y_{split}"
+        x, y = getattr(ds, kx), getattr(ds, ky)
+        if x.ndim not in (2, 4) or 0 in x.shape[1:]:
+            raise AsymbpError(
+                f"dataset {ds.key}: {kx} has shape {x.shape}; expected (N, D) vectors or "
+                "(N, C, H, W) images, each with at least one value"
+            )
+        if x.dtype.kind not in "fiu":
+            raise AsymbpError(
+                f"dataset {ds.key}: {kx} has dtype {x.dtype}; inputs must be real numbers "
+                "(float32): convert them before saving"
+            )
+        if y.ndim != 1 or y.dtype.kind not in "iu":
+            raise AsymbpError(
+                f"dataset {ds.key}: {ky} has dtype {y.dtype} and shape {y.shape}; labels must be "
+                "a 1-D array of integer class indices"
+            )
         if len(x) != len(y):
             raise AsymbpError(
-                f"dataset {ds.key}: x_{split} has {len(x)} rows but y_{split} has {len(y)}; "
-                "they must match"
+                f"dataset {ds.key}: {kx} has {len(x)} rows but {ky} has {len(y)}; they must match "
+                "(one label per example)"
             )
-        if x.ndim not in (2, 4):
+        if len(x) == 0:
             raise AsymbpError(
-                f"dataset {ds.key}: x_{split} has shape {x.shape}; expected (N, D) vectors or "
-                "(N, C, H, W) images"
+                f"dataset {ds.key}: {kx} has no examples; a run needs at least one training and "
+                "one test example: check how the arrays were made"
             )
-        if len(y) and (y.min() < 0 or y.max() >= ds.num_classes):
+        if y.min() < 0 or y.max() >= ds.num_classes:
             raise AsymbpError(
-                f"dataset {ds.key}: y_{split} has labels outside 0..{ds.num_classes - 1}"
+                f"dataset {ds.key}: {ky} has labels {y.min()}..{y.max()}, outside "
+                f"0..{ds.num_classes - 1}; labels must index the {ds.num_classes} classes"
             )
     if ds.x_train.shape[1:] != ds.x_test.shape[1:]:
         raise AsymbpError(
             f"dataset {ds.key}: train inputs {ds.x_train.shape[1:]} and test inputs "
-            f"{ds.x_test.shape[1:]} differ in shape"
+            f"{ds.x_test.shape[1:]} differ in shape; every example must have the same shape"
         )
+    for kx in ("x_train", "x_test"):  # last: the only check that reads every value
+        bad = _nonfinite(getattr(ds, kx))
+        if bad:
+            raise AsymbpError(
+                f"dataset {ds.key}: {kx} has {bad} non-finite value(s) (NaN or inf); inputs must "
+                "be finite: fix or drop those examples"
+            )
+
+
+def _nonfinite(x: np.ndarray) -> int:
+    """How many NaN/inf values `x` holds, without a full-size temporary in the common case."""
+    if x.dtype.kind != "f":
+        return 0
+    # A NaN or inf anywhere makes the sum non-finite, so a finite sum proves them all finite;
+    # only a non-finite sum (or one that overflowed) pays for the exact count.
+    with np.errstate(all="ignore"):
+        if np.isfinite(x.sum()):
+            return 0
+    return int(x.size - np.count_nonzero(np.isfinite(x)))
 
 
 # Loaders register themselves on import, the paper's 15 in its table order.
