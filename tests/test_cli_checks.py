@@ -28,8 +28,9 @@ def restore_threads():
 
 def _npz(path, x_train, x_test, classes=2):
     rng = np.random.default_rng(0)
-    np.savez(path, x_train=x_train.astype(np.float32), y_train=rng.integers(0, classes, len(x_train)),
-             x_test=x_test.astype(np.float32), y_test=rng.integers(0, classes, len(x_test)))
+    np.savez(path, x_train=x_train.astype(np.float32),
+             y_train=rng.integers(0, classes, len(x_train)), x_test=x_test.astype(np.float32),
+             y_test=rng.integers(0, classes, len(x_test)))
     return f"npz:{path}"
 
 
@@ -202,6 +203,16 @@ def test_sweep_checks_device_fit_and_data_before_any_run(case, vectors, small_im
     assert not db.exists() and not (tmp_path / "r.db.runs").exists()  # nothing written
 
 
+def test_a_sweep_stores_the_device_its_worker_resolved(vectors, tmp_path, capsys):
+    db = tmp_path / "r.db"
+    assert _sweep(db, "--datasets", vectors, "--lr-mults", "1", "--workers", "1") == 0
+    assert f"device: {HERE} (auto)" in capsys.readouterr().err
+    runs = store.load(db)
+    assert list(runs["status"]) == ["done"]
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert list(runs["device"]) == [worker_device("auto", 0, n_gpus)]  # not "auto"
+
+
 def test_train_itself_refuses_a_network_that_cannot_take_the_data(small_images):
     # what a sweep's worker stores as the failed run's error: one line
     with pytest.raises(AsymbpError, match="^model 'mnist' needs images of at least 16×16"):
@@ -225,7 +236,8 @@ def test_a_sweep_with_failed_runs_exits_1_and_says_where_to_look(vectors, tmp_pa
 
 # ---- bf16 on a CPU without it -----------------------------------------------------------------
 
-AVX2 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n"
+AVX2 = ("processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n\n"
+        "processor\t: 1\nflags\t\t: fpu avx2\n")
 
 
 def test_native_bf16_is_read_from_the_cpu_flags():
