@@ -14,6 +14,26 @@ from .errors import AsymbpError  # noqa: E402
 from .layers import AsymConv2d, AsymLinear, asym_layers  # noqa: E402
 from .methods import MethodSpec, parse_method  # noqa: E402
 
+# The public submodules not imported above, each imported on first use (PEP 562), so that
+# `import asymbp` does not pay for pandas, matplotlib or Ray: `asymbp.store.load(db)`,
+# `asymbp.train.train(config)`, `asymbp.report` work after a plain `import asymbp`.
+SUBMODULES = ("batched", "cells", "cli", "data", "dfa", "distributed", "errors", "experiments",
+              "feedback", "hardware", "layers", "methods", "metrics", "models", "optim", "paper",
+              "plots", "report", "store", "sweep", "train")
+
+
+def __getattr__(name: str):
+    if name in SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")  # also binds it here
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(SUBMODULES))
+
+
 __all__ = [
     "AsymConv2d",
     "AsymLinear",

@@ -128,7 +128,13 @@ def data_parallel(device: torch.device) -> DataParallel | None:
 
 
 def local_device(device: str) -> str:
-    """`cuda` under torchrun means this process's GPU (`LOCAL_RANK`)."""
+    """The device this process runs `device` on: `auto` resolved (a GPU if there is one, else
+    the CPU), and `cuda` under torchrun is this process's GPU (`LOCAL_RANK`). A device this
+    machine does not have is the one-line error (`asymbp.hardware.check_device`)."""
+    from .hardware import check_device, resolve_device
+
+    check_device(device)
+    device = resolve_device(device)
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         return f"cuda:{int(os.environ['LOCAL_RANK'])}"
     return device

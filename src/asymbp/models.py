@@ -67,6 +67,76 @@ def build(key: str, num_classes: int, in_channels: int | None = None,
     return model
 
 
+# ---- does a network take a dataset's inputs? --------------------------------------------------
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    if len(shape) == 1:
+        return f"{shape[0]}-dim vectors"
+    return "×".join(str(n) for n in shape) + (" images" if len(shape) == 3 else " inputs")
+
+
+def _try(key: str, shape: tuple[int, ...]) -> str | None:
+    """Build network `key` for inputs of `shape` ((C, H, W) or (D,)) and run one example through
+    it on the meta device (shapes only: no memory, no arithmetic); torch's complaint, or None."""
+    try:
+        with torch.device("meta"), torch.no_grad():
+            size = {"image_size": shape[1]} if len(shape) == 3 else {}
+            model = build(key, 2, in_channels=shape[0], **size)
+            model(torch.zeros(1, *shape))
+    except (RuntimeError, ValueError) as err:
+        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return None
+
+
+def fits(key: str, input_shape: tuple[int, ...]) -> bool:
+    """Whether network `key` takes inputs of `input_shape` ((C, H, W) images or (D,) vectors)."""
+    shape = tuple(int(n) for n in input_shape)
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        return False
+    if len(shape) == 1 and MODELS[key].in_channels is not None:
+        return False  # a convolutional network on vectors
+    return _try(key, shape) is None
+
+
+def _min_image_size(key: str, channels: int) -> int | None:
+    """The smallest H = W that network `key` takes (None if none up to 1024)."""
+    lo, hi = 1, 1024
+    if not fits(key, (channels, hi, hi)):
+        return None
+    while lo < hi:  # a bigger image fits whenever a smaller one does
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(key, (channels, mid, mid)) else (mid + 1, hi)
+    return lo
+
+
+def check_fit(key: str, input_shape: tuple[int, ...], dataset: str = "the dataset") -> None:
+    """Raise a one-line error unless network `key` takes `dataset`'s inputs of `input_shape`
+    ((C, H, W) or (D,)), naming the networks that do: before a run builds anything."""
+    if key not in MODELS:
+        raise unknown("model", key, MODELS)
+    shape = tuple(int(n) for n in input_shape)
+    if fits(key, shape):
+        return
+    info = MODELS[key]
+    valid = [k for k in MODELS if k != key and fits(k, shape)]
+    has = _shape_text(shape)
+    table = (f"{info.in_channels}×{info.image_size}×{info.image_size} images"
+             if info.in_channels and info.image_size else "images")
+    if len(shape) == 1 and info.in_channels is not None:
+        what = f"needs {table} (C×H×W), dataset {dataset} has {has}"
+    elif len(shape) == 3 and (least := _min_image_size(key, shape[0])) is not None \
+            and min(shape[1:]) < least:
+        what = (f"needs images of at least {least}×{least} pixels (its own input: {table}), "
+                f"dataset {dataset} has {has}")
+    else:
+        why = _try(key, shape) if len(shape) in (1, 3) else "expected (C, H, W) or (D,)"
+        what = f"cannot take dataset {dataset}'s {has} ({why})"
+    fix = (f"valid models for it: {', '.join(valid)}; give --model {valid[0]}" if valid
+           else "no registered model takes them")
+    raise AsymbpError(f"model {key!r} {what}; {fix}")
+
+
 class _Norm:
     """Makes the BN layers (or nothing) that follow convs and hidden fc layers."""
 

@@ -4,7 +4,7 @@
 finished ones, hands the rest to an executor and writes what comes back — it is the only writer
 of the database. An executor is a generator of events, the same whichever runs the work:
 
-    ("start", worker, run_key)           a worker began (or resumed) the run
+    ("start", worker, run_key, device)   a worker began (or resumed) the run on `device`
     ("epoch", worker, run_key, row)      an epoch finished (the row `train` gives `on_epoch`)
     ("done", worker, run_key, result)    the run's result dict (`train`'s return value)
     ("failed", worker, run_key, error)   an exception, as text
@@ -77,6 +77,14 @@ def placed_device(device: str, wid: int, n_gpus: int) -> str:
     return device
 
 
+def worker_device(device: str, wid: int, n_gpus: int) -> str:
+    """The device worker `wid`, which sees `n_gpus` GPUs, runs a config's `device` on: `auto`
+    is resolved first (cuda when there is a GPU), so it spreads over the GPUs like `cuda`."""
+    from .hardware import resolve_device
+
+    return placed_device(resolve_device(device, n_gpus), wid, n_gpus)
+
+
 def gpus_per_worker(n_gpus: float, workers: int) -> float:
     """Ray's `num_gpus` for one worker: the cluster's GPUs shared evenly, at most one each
     (Ray then sets each actor's CUDA_VISIBLE_DEVICES, and several actors share a GPU)."""
@@ -106,12 +114,15 @@ class Runner:
             self.datasets[key] = data.load(key[0], key[1], seed=key[2])
         return self.datasets[key]
 
+    def device(self, config: dict) -> str:
+        return worker_device(str(config.get("device", "auto")), self.wid, self.n_gpus)
+
     def run(self, task: Task, emit) -> tuple:
         """Train `task`, streaming epochs through `emit(event)`; return the final event."""
         from .train import train
 
         config = dict(task.config)
-        config["device"] = placed_device(str(config.get("device", "cpu")), self.wid, self.n_gpus)
+        config["device"] = self.device(config)
         try:
             result = train(config, checkpoint=task.checkpoint, data=self.dataset(config),
                            on_epoch=lambda row: emit(("epoch", task.key, row)))
@@ -138,7 +149,7 @@ def _local_worker(wid: int, tasks, events, threads: int, parent: int) -> None:
     threading.Thread(target=_orphan_watchdog, args=(parent,), daemon=True).start()
     runner = Runner(threads, wid)
     while (task := tasks.get()) is not None:
-        events.put(("start", wid, task.key))
+        events.put(("start", wid, task.key, runner.device(task.config)))
         kind, key, payload = runner.run(task, lambda ev: events.put((ev[0], wid, *ev[1:])))
         events.put((kind, wid, key, payload))
 
@@ -218,8 +229,10 @@ def run_ray(tasks: list[Task], workers: int, threads: int, address: str | None =
     events = Queue()
     workers = max(1, min(workers, len(tasks)))
     gpus = 0.0
-    if any(str(t.config.get("device", "cpu")).startswith("cuda") for t in tasks):
-        gpus = gpus_per_worker(ray.cluster_resources().get("GPU", 0.0), workers)
+    devices = {str(t.config.get("device", "auto")) for t in tasks}
+    cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
+    if any(d.startswith("cuda") for d in devices) or ("auto" in devices and cluster_gpus > 0):
+        gpus = gpus_per_worker(cluster_gpus, workers)
     actor = ray.remote(num_cpus=threads, num_gpus=gpus)(_RayWorker)
     actors = [actor.remote(w, threads, events) for w in range(workers)]
     todo, inflight, idle = list(tasks), {}, list(range(workers))[::-1]
@@ -236,7 +249,9 @@ def run_ray(tasks: list[Task], workers: int, threads: int, address: str | None =
             while idle and todo:
                 w, t = idle.pop(), todo.pop(0)
                 inflight[actors[w].run.remote(t)] = (w, t.key)
-                yield ("start", w, t.key)
+                # an actor with GPUs sees one (its own, or a share of it) as `cuda`
+                yield ("start", w, t.key,
+                       worker_device(str(t.config.get("device", "auto")), w, int(gpus > 0)))
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
             yield from drain()
             for ref in ready:
@@ -363,7 +378,6 @@ def sweep(runs: list[RunSpec], db, *, workers: int = 1, backend: str = "local",
             elif log:
                 print(line, file=log, flush=True)
 
-        device = str(runs[0].config.get("device", "cpu")) if runs else "cpu"
         if backend == "ray":
             events = run_ray(tasks, workers, threads, address)
         else:
@@ -374,8 +388,9 @@ def sweep(runs: list[RunSpec], db, *, workers: int = 1, backend: str = "local",
             run = by_key[key]
             if kind == "start":
                 running[w] = key
-                store.start(key, prov["host"], str(run.config.get("device", device)),
-                            prov["version"], prov["commit"])
+                # the device the worker resolved and placed the run on (auto -> cuda:3)
+                device = ev[3] if len(ev) > 3 else str(run.config.get("device", "auto"))
+                store.start(key, prov["host"], device, prov["version"], prov["commit"])
             elif kind == "epoch":
                 store.add_epoch(key, ev[3])
                 done_epochs[key] = max(done_epochs[key], int(ev[3]["epoch"]))

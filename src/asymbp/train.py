@@ -39,6 +39,7 @@ from .convert import convert
 from .distributed import data_parallel, local_device
 from .errors import AsymbpError
 from .feedback import mirror_step
+from .hardware import check_device_name
 from .layers import asym_layers, renormalize
 from .methods import MethodSpec, parse_method
 from .optim import make_optimizer
@@ -63,7 +64,8 @@ class TrainConfig:
     # (Li & Benna 2024); default: the same as the weights'.
     feedback_weight_decay: str | None = None
     seed: int = 1
-    device: str = "cpu"
+    # auto: CUDA when torch sees a GPU, else the CPU (MPS only when asked for by name)
+    device: str = "auto"
     freeze: str = "none"  # Experiment C2: none | bottom | top (also set by @bottom/@top)
     protocol: str = "paper"  # paper (validate on test) | honest (held-out validation split)
     val_fraction: float = 0.1  # of the training set, honest protocol
@@ -148,6 +150,7 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
         raise AsymbpError(f"weight mirrors need mirror_every >= 1, mirror_steps >= 0 and "
                           f"mirror_warmup >= 0, got {cfg.mirror_every}, {cfg.mirror_steps}, "
                           f"{cfg.mirror_warmup}")
+    check_device_name(cfg.device)  # its spelling; whether this machine has it: local_device
     return spec
 
 
@@ -286,6 +289,12 @@ def build_model(cfg: TrainConfig, spec: MethodSpec, data: Tensors) -> nn.Module:
     return model
 
 
+def check_model_fit(cfg: TrainConfig, data: Tensors) -> None:
+    """The one-line error for a network that cannot take the dataset's inputs (a conv network
+    on vectors, images smaller than its convolutions and pools), before it is built."""
+    models.check_fit(cfg.model or data.model, tuple(data.x_train.shape[1:]), cfg.dataset)
+
+
 def _param_groups(model: nn.Module):
     feedback = {id(p) for _, layer in asym_layers(model) for p in layer.feedback.parameters()}
     main = [p for p in model.parameters() if p.requires_grad and id(p) not in feedback]
@@ -374,6 +383,7 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
 
     torch.manual_seed(cfg.seed)
     tensors = prepare_data(cfg, device, data)
+    check_model_fit(cfg, tensors)
     model = build_model(cfg, spec, tensors).to(device)
     if cfg.channels_last and tensors.x_train.ndim == 4:
         model = model.to(memory_format=torch.channels_last)
@@ -492,7 +502,9 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
         # freeing its reducer never tears the group down (see distributed.shutdown).
         step_model = None  # noqa: F841
         dp.close()
-    return summarize(cfg, spec, history, diverged_epoch, elapsed, model)
+    result = summarize(cfg, spec, history, diverged_epoch, elapsed, model)
+    result["device"] = str(device)  # the one used (config["device"] may say auto)
+    return result
 
 
 def _alignment(model: nn.Module, t: Tensors, cfg: TrainConfig) -> list[dict]:

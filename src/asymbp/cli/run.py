@@ -88,8 +88,9 @@ def add_run_options(p, single: bool = True) -> None:
                    help="seed of the sampled classes and splits of the paper's datasets and of "
                         "the honest validation split (default: %(default)s)")
     p.add_argument("--device", default=d.device,
-                   help="torch device: cpu, cuda, cuda:1, mps ... (default: %(default)s); in a "
-                        "sweep a bare 'cuda' spreads the workers over the visible GPUs")
+                   help="torch device: auto, cpu, cuda, cuda:1, mps (default: %(default)s: "
+                        "CUDA when there is a GPU, else the CPU); in a sweep a bare 'cuda' or "
+                        "'auto' spreads the workers over the visible GPUs")
     p.add_argument("--amp", choices=["fp32", "bf16"], default=d.amp,
                    help="precision: bf16 autocast or fp32 (default: %(default)s)")
     p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
@@ -171,13 +172,19 @@ def run(args) -> int:
     import torch
 
     from .. import data as datasets
+    from .. import models
+    from ..distributed import local_device
+    from ..hardware import bf16_note
     from ..store import json_safe
     from ..train import TrainConfig, check_config, train
 
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # data parallel: rank 0 speaks for the run
     if args.nproc is not None and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         from ..distributed import launch
 
-        check_config(TrainConfig.from_dict(config_from_args(args)))
+        cfg = TrainConfig.from_dict(config_from_args(args))
+        check_config(cfg)
+        local_device(cfg.device)  # a device this machine lacks: one line, no processes
         return launch(args.nproc, _argv_without_nproc(args))
     if args.threads is not None:
         if args.threads < 1:
@@ -185,11 +192,19 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig.from_dict(config_from_args(args))
     check_config(cfg)  # every user mistake fails here, before data or a file is touched
-    # Load (and validate) the data before the progress bar starts, so that a bad dataset is
-    # one line on stderr, not a half-drawn bar and a line.
+    device = local_device(cfg.device)  # so does a device this machine does not have
+    # Load (and validate) the data before the progress bar starts, so that a bad dataset, or a
+    # network that cannot take its inputs, is one line on stderr, not a bar and a traceback.
     ds = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed)
+    models.check_fit(cfg.model or ds.model, ds.input_shape, cfg.dataset)
+    if rank0:
+        if not args.json:  # the JSON result says it as "device"
+            given = f" ({cfg.device})" if cfg.device != device else ""
+            print(f"device: {device}{given}", file=sys.stderr, flush=True)
+        if note := bf16_note(cfg.amp, device):
+            print(note, file=sys.stderr, flush=True)
     bar = None
-    if not args.no_progress and not args.json and int(os.environ.get("RANK", "0")) == 0:
+    if not args.no_progress and not args.json and rank0:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.epochs, desc=f"{cfg.method} on {cfg.dataset}", unit="epoch",
@@ -205,7 +220,7 @@ def run(args) -> int:
     result = train(cfg, on_epoch=on_epoch, checkpoint=args.checkpoint, data=ds)
     if bar is not None:
         bar.close()
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not rank0:
         return 0  # data parallel: rank 0 prints the run
     if args.json:
         print(json.dumps(json_safe(result)))

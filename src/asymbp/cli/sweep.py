@@ -88,11 +88,67 @@ def run(args) -> int:
     store.check(args.db)  # a non-SQLite file or a newer schema stops here, nothing written
     if args.dry_run:
         return _dry_run(runs, args.db)
+    if args.backend == "local" or not args.address:
+        # The workers run on this machine: what would make every run fail stops here.
+        preflight(_unfinished(runs, args.db, args.retry_failed))
     counts = sweep(runs, args.db, workers=workers, backend=args.backend, address=args.address,
                    threads=args.threads, retry_failed=args.retry_failed,
                    progress=not args.no_progress and sys.stderr.isatty())
     _summary(runs, args.db, counts)
+    if counts["failed"]:
+        print(f"asymbp: {counts['failed']} of {counts['planned']} runs failed; see why with "
+              f"'asymbp status --db {args.db}', rerun them with --retry-failed",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def _unfinished(runs, db, retry_failed: bool) -> list:
+    """The runs `sweep` will start: not done or diverged (nor failed, unless retried) in `db`."""
+    from pathlib import Path
+
+    from ..store import Store
+
+    if not Path(db).exists():
+        return list(runs)
+    with Store(db, readonly=True) as s:
+        stored = s.statuses([r.key for r in runs])
+    skip = ("done", "diverged") if retry_failed else ("done", "diverged", "failed")
+    return [r for r in runs if stored.get(r.key) not in skip]
+
+
+def preflight(runs) -> None:
+    """Check, before any run starts, what would fail every run: the device is on this machine,
+    each dataset loads and is valid (each loaded once, then dropped: the workers load their
+    own), and each network takes its dataset's inputs. Prints the device and notes on stderr."""
+    from .. import data, models
+    from ..hardware import bf16_note, check_device, resolve_device
+    from ..train import TrainConfig
+
+    d = TrainConfig()
+    configs = [{**d.to_dict(), **r.config} for r in runs]
+    for device in sorted({c["device"] for c in configs}):
+        check_device(device)
+    by_data: dict[tuple, set] = {}
+    for c in configs:
+        by_data.setdefault((c["dataset"], c["data_dir"], c["data_seed"]), set()).add(c["model"])
+    for (key, data_dir, seed), wanted in by_data.items():
+        ds = data.load(key, data_dir, seed=seed)
+        for model in sorted(wanted, key=str):
+            models.check_fit(model or ds.model, ds.input_shape, key)
+        del ds
+    import torch
+
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for device in sorted({c["device"] for c in configs}):
+        resolved = resolve_device(device)
+        given = f" ({device})" if device != resolved else ""
+        spread = f", the workers spread over {n_gpus} GPUs" if (
+            resolved == "cuda" and n_gpus > 1) else ""
+        print(f"device: {resolved}{given}{spread}", file=sys.stderr, flush=True)
+    for amp, device in sorted({(c["amp"], resolve_device(c["device"])) for c in configs}):
+        if note := bf16_note(amp, device):
+            print(note, file=sys.stderr, flush=True)
 
 
 def _dry_run(runs, db) -> int:
