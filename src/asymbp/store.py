@@ -293,6 +293,13 @@ class Store:
             self.con.execute("UPDATE runs SET epochs_done=(SELECT count(*) FROM epochs WHERE "
                              "run_key=?) WHERE run_key=?", (key, key))
 
+    def reset_epochs(self, key: str) -> None:
+        """Forget a run's stored epochs (it starts again from epoch 1)."""
+        with self.con:
+            self.con.execute("BEGIN IMMEDIATE")
+            self.con.execute("DELETE FROM epochs WHERE run_key=?", (key,))
+            self.con.execute("UPDATE runs SET epochs_done=0 WHERE run_key=?", (key,))
+
     def finish(self, key: str, result: dict) -> None:
         """Record a run's result dict (from `train`): status done or diverged, its summary."""
         status = "diverged" if result.get("diverged") else "done"

@@ -507,7 +507,7 @@ class CheckpointError(AsymbpError):
     def __init__(self, path: Path, problem: str):
         super().__init__(f"checkpoint {path} {problem}; delete it to start the run from "
                          "scratch, or give another checkpoint path")
-        self.path = Path(path)
+        self.path, self.problem = Path(path), problem
 
 
 def _first_line(err: BaseException, limit: int = 120) -> str:
