@@ -18,11 +18,11 @@ of the database. An executor is a generator of events, the same whichever runs t
 Faults: every run checkpoints after each epoch to `<db>.runs/<run_key>.pt`, so running the same
 command again continues unfinished runs from their last epoch; the driver writes each epoch as
 it arrives, so `kill -9` loses at most the epochs in flight. A checkpoint that cannot be loaded
-is moved to `<run_key>.pt.corrupt` (one line in the log says so) and its run starts again. A
+is moved to `<run_key>.pt.corrupt` (one line in the log says so) and its run starts again from
+epoch 1. A run that raises is stored as failed with its error and the sweep goes on
+(`retry_failed` runs those again); a run whose loss becomes NaN/inf is stored as diverged. A
 sweep holds an flock on `<db>.lock` for its life, so a second sweep on the same database stops
-with a one-line error. A run that raises is stored as
-failed with its error and the sweep goes on (`retry_failed` runs those again); a run whose loss
-becomes NaN/inf is stored as diverged.
+with a one-line error.
 
 Local workers are spawned processes, so a script that calls `sweep` must guard its entry point
 with `if __name__ == "__main__":` (the spawned workers import the main module).

@@ -384,7 +384,7 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
     diverged_epoch = None
 
     ckpt = Path(checkpoint) if checkpoint else None
-    state = _load_checkpoint(ckpt, device) if ckpt is not None else None
+    state = _load_checkpoint(ckpt) if ckpt is not None else None
     if state is not None:
         _check_resume(ckpt, cfg, state.get("config"))
         try:
@@ -509,16 +509,19 @@ class CheckpointError(AsymbpError):
                          "scratch, or give another checkpoint path")
         self.path, self.problem = Path(path), problem
 
+    def __reduce__(self):  # picklable, for errors that cross a process boundary
+        return (type(self), (self.path, self.problem))
+
 
 def _first_line(err: BaseException, limit: int = 120) -> str:
-    lines = [l.strip() for l in str(err).splitlines() if l.strip()] or [type(err).__name__]
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [type(err).__name__]
     # torch's weights-only refusal opens with advice; the reason is on its own line
-    text = next((l for l in lines if l.startswith("WeightsUnpickler error")), lines[0])
+    text = next((ln for ln in lines if ln.startswith("WeightsUnpickler error")), lines[0])
     text = text.rstrip(".")
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _load_checkpoint(path: Path, device: torch.device) -> dict | None:
+def _load_checkpoint(path: Path) -> dict | None:
     """The saved state at `path`, or None when there is none yet (then its folder must be
     writable: the run saves there after every epoch)."""
     if path.is_dir():
@@ -540,11 +543,13 @@ def _load_checkpoint(path: Path, device: torch.device) -> dict | None:
         raise CheckpointError(path, "is not a checkpoint (not a PyTorch zip archive)")
     try:
         # weights_only: unpickling runs no code from the file; the state is tensors, numbers,
-        # strings, lists and dicts only (see _save_checkpoint)
-        state = torch.load(path, map_location=device, weights_only=True)
+        # strings, lists and dicts only (see _save_checkpoint). On the CPU: the generator
+        # states must be CPU ByteTensors, and load_state_dict moves the rest to the model.
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - a corrupt file raises many kinds of error
         raise CheckpointError(path, f"cannot be loaded ({_first_line(err)})") from None
-    if not isinstance(state, dict) or not {"model", "optimizer", "history"} <= set(state):
+    if (not isinstance(state, dict) or not {"model", "optimizer", "history"} <= set(state)
+            or not isinstance(state.get("config", {}), dict)):
         raise CheckpointError(path, "is not an asymbp checkpoint (no model, optimizer and "
                                     "history in it)")
     return state
