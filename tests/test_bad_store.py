@@ -2,7 +2,6 @@
 status 2) or a correct result. Read-only files and folders are made for real: a read-only bind
 mount in a user namespace (binds root too), or a non-root user where one can run this Python."""
 
-import contextlib
 import io
 import json
 import multiprocessing as mp
