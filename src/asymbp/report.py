@@ -552,13 +552,41 @@ def _methods_order(experiment: str, df: pd.DataFrame, dataset: str) -> list[str]
     return have
 
 
+def check_out_folder(folder: str | os.PathLike) -> None:
+    """Raise the one-line error, before any work, when `folder` (missing folders included,
+    as `mkdir -p` would make them) could not be written."""
+    folder = Path(folder)
+    have = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not have.is_dir():
+        raise AsymbpError(f"cannot write into {folder}: {have} is a file; give an --out whose "
+                          "folders are folders")
+    if not os.access(have, os.W_OK | os.X_OK):
+        raise AsymbpError(f"folder {have} is not writable; give an --out in a writable folder "
+                          "or make it writable")
+
+
+def write_out(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path`, making its missing folders (`mkdir -p`); through a temporary
+    file renamed into place, so a failed write leaves no half-written file."""
+    path = Path(path)
+    check_out_folder(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise AsymbpError(f"cannot write {path} ({err.strerror or err}); give another --out"
+                          ) from None
+    return path
+
+
 def write_report(db, out: str | os.PathLike) -> Path:
-    """Write `index.html` (self-contained) into the folder `out`; return its path."""
+    """Write `index.html` (self-contained) into the folder `out` (made if missing); return its
+    path."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise AsymbpError(f"{out} is a file; --out needs a folder for the report")
-    page = report_html(db)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "index.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    check_out_folder(out)  # before the figures are drawn
+    return write_out(out / "index.html", report_html(db))

@@ -108,7 +108,7 @@ def check(path: str | os.PathLike) -> int:
                           "path or an existing asymbp database with --db")
     try:
         # immutable: a peek that creates no -wal/-shm files next to a database it may refuse
-        con = sqlite3.connect(f"file:{p.resolve()}?mode=ro&immutable=1", uri=True)
+        con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
         try:
             has_meta = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
                                    "name='meta'").fetchone()
@@ -130,6 +130,55 @@ def check(path: str | os.PathLike) -> int:
     return version
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise the one-line error when a sweep could not write the database at `path`: the file
+    is read-only, or its folder is (SQLite's -wal/-shm files, the sweep's lock and its
+    checkpoints all live beside it)."""
+    p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise AsymbpError(f"{p} is read-only and the sweep writes its results there; make it "
+                          f"writable (chmod u+w {p}) or give another --db")
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise AsymbpError(f"folder {folder} is not writable and the sweep writes {p.name} and "
+                          "its -wal, -shm, .lock and .runs files there; make it writable or "
+                          "give a --db in a writable folder")
+
+
+def _connect_readonly(p: Path) -> sqlite3.Connection:
+    """A read-only connection that works on a read-only file or in a read-only folder.
+
+    `mode=ro` sees a running sweep's writes, but on a WAL database it must create the -shm
+    file beside it, which a read-only folder refuses. Without a -wal file the database file
+    holds every result, so it is then read as immutable (SQLite writes nothing); with a
+    non-empty -wal the results in it cannot be read without a writable -shm."""
+    uri = p.resolve().as_uri()  # percent-encoded, so '?' or '#' in a name stay in the path
+    con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+    try:
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return con
+    except sqlite3.OperationalError as err:
+        con.close()
+        wal = Path(f"{p}-wal")
+        if wal.exists() and wal.stat().st_size:
+            raise AsymbpError(
+                f"cannot read {p} ({err}): {wal.name} holds results not yet merged into it and "
+                f"SQLite must write {p.name}-shm beside it; make the folder writable, or copy "
+                f"{p.name} with {wal.name} to a writable folder and read the copy") from None
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
+
+
+def _check_readable(p: Path, con: sqlite3.Connection) -> None:
+    """A database to read must hold asymbp's tables (an empty file does not)."""
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    missing = {"meta", "runs", "epochs"} - tables
+    if missing:
+        what = "an empty file" if p.stat().st_size == 0 else (
+            "an SQLite database without asymbp's tables (" + ", ".join(sorted(missing)) + ")")
+        raise AsymbpError(f"{p} is {what}, not an asymbp results database; give the --db a "
+                          "sweep wrote ('asymbp sweep --db ...')")
+
+
 class Store:
     """A connection to a results database (the driver's; one writer)."""
 
@@ -140,12 +189,28 @@ class Store:
             if not self.path.exists():
                 raise AsymbpError(f"no results database at {self.path}; run 'asymbp sweep "
                                   "--db ...' first")
-            self.con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+            self.con = _connect_readonly(self.path)
+            try:
+                _check_readable(self.path, self.con)
+            except sqlite3.DatabaseError as err:
+                self.con.close()
+                raise AsymbpError(f"cannot read the results database {self.path} ({err})"
+                                  ) from None
+            except BaseException:
+                self.con.close()
+                raise
         else:
+            check_writable(self.path)
             self.con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self.con.execute("PRAGMA journal_mode=WAL")
-            self.con.execute("PRAGMA synchronous=NORMAL")
-            self._migrate(version)
+            try:
+                self.con.execute("PRAGMA journal_mode=WAL")
+                self.con.execute("PRAGMA synchronous=NORMAL")
+                self._migrate(version)
+            except sqlite3.OperationalError as err:
+                self.con.close()
+                raise AsymbpError(f"cannot write the results database {self.path} ({err}); "
+                                  "check that it and its folder are writable, or give another "
+                                  "--db") from None
         self.version = version if readonly else SCHEMA_VERSION
 
     def _migrate(self, version: int) -> None:
@@ -227,6 +292,13 @@ class Store:
                  row.get("seconds"), json.dumps(json_safe(align)) if align else None))
             self.con.execute("UPDATE runs SET epochs_done=(SELECT count(*) FROM epochs WHERE "
                              "run_key=?) WHERE run_key=?", (key, key))
+
+    def reset_epochs(self, key: str) -> None:
+        """Forget a run's stored epochs (it starts again from epoch 1)."""
+        with self.con:
+            self.con.execute("BEGIN IMMEDIATE")
+            self.con.execute("DELETE FROM epochs WHERE run_key=?", (key,))
+            self.con.execute("UPDATE runs SET epochs_done=0 WHERE run_key=?", (key,))
 
     def finish(self, key: str, result: dict) -> None:
         """Record a run's result dict (from `train`): status done or diverged, its summary."""

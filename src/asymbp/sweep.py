@@ -8,6 +8,8 @@ of the database. An executor is a generator of events, the same whichever runs t
     ("epoch", worker, run_key, row)      an epoch finished (the row `train` gives `on_epoch`)
     ("done", worker, run_key, result)    the run's result dict (`train`'s return value)
     ("failed", worker, run_key, error)   an exception, as text
+    ("restart", worker, run_key, line)   the run's checkpoint could not be loaded: it was moved
+                                         aside and the run starts again from epoch 1
 
 - `local`: worker processes (spawned), each with `cores // workers` torch threads so the cores
   are not oversubscribed; each loads a dataset once and keeps it for all its runs.
@@ -15,9 +17,12 @@ of the database. An executor is a generator of events, the same whichever runs t
 
 Faults: every run checkpoints after each epoch to `<db>.runs/<run_key>.pt`, so running the same
 command again continues unfinished runs from their last epoch; the driver writes each epoch as
-it arrives, so `kill -9` loses at most the epochs in flight. A run that raises is stored as
-failed with its error and the sweep goes on (`retry_failed` runs those again); a run whose loss
-becomes NaN/inf is stored as diverged.
+it arrives, so `kill -9` loses at most the epochs in flight. A checkpoint that cannot be loaded
+is moved to `<run_key>.pt.corrupt` (one line in the log says so) and its run starts again from
+epoch 1. A run that raises is stored as failed with its error and the sweep goes on
+(`retry_failed` runs those again); a run whose loss becomes NaN/inf is stored as diverged. A
+sweep holds an flock on `<db>.lock` for its life, so a second sweep on the same database stops
+with a one-line error.
 
 Local workers are spawned processes, so a script that calls `sweep` must guard its entry point
 with `if __name__ == "__main__":` (the spawned workers import the main module).
@@ -54,6 +59,19 @@ def threads_per_worker(workers: int) -> int:
 
 def checkpoint_dir(db) -> Path:
     return Path(str(db) + ".runs")
+
+
+def set_aside(path: Path, problem: str) -> Path:
+    """Move a checkpoint that cannot be loaded to `<name>.corrupt` (kept to look at); return
+    where it went."""
+    aside = path.with_name(path.name + ".corrupt")
+    try:
+        os.replace(path, aside)
+    except OSError as err:
+        raise AsymbpError(f"checkpoint {path} {problem} and cannot be moved aside "
+                          f"({err.strerror or err}); delete it, then run the sweep again"
+                          ) from None
+    return aside
 
 
 @dataclass(frozen=True)
@@ -119,13 +137,24 @@ class Runner:
 
     def run(self, task: Task, emit) -> tuple:
         """Train `task`, streaming epochs through `emit(event)`; return the final event."""
-        from .train import train
+        from .train import CheckpointError, train
 
         config = dict(task.config)
         config["device"] = self.device(config)
+
+        def attempt():
+            return train(config, checkpoint=task.checkpoint, data=self.dataset(config),
+                         on_epoch=lambda row: emit(("epoch", task.key, row)))
+
         try:
-            result = train(config, checkpoint=task.checkpoint, data=self.dataset(config),
-                           on_epoch=lambda row: emit(("epoch", task.key, row)))
+            try:
+                result = attempt()
+            except CheckpointError as err:
+                # Left in place, a corrupt checkpoint fails its run on every rerun of the sweep.
+                aside = set_aside(err.path, err.problem)
+                emit(("restart", task.key, f"checkpoint {err.path} {err.problem}; moved it to "
+                                           f"{aside.name} and started the run again"))
+                result = attempt()
             return ("done", task.key, result)
         except Exception as err:  # noqa: BLE001 - any failure is recorded, the sweep goes on
             if isinstance(err, AsymbpError):
@@ -283,22 +312,34 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def check_not_running(db) -> None:
-    """Refuse a second concurrent sweep on one database (this host's sweeps are checked)."""
-    from .store import Store
+def lock_path(db) -> Path:
+    return Path(str(db) + ".lock")
 
-    if not Path(db).exists():
-        return
+
+def take_lock(db) -> int:
+    """Hold `<db>.lock` exclusively for the sweep's life and return its descriptor.
+
+    Taking the lock is the check, in one step, so two sweeps started at one instant cannot both
+    run. It is an flock: the kernel drops it when the process ends, `kill -9` included, so a
+    stale lock never blocks a later sweep (the file itself stays; it is not the lock)."""
+    import fcntl
+
+    path = lock_path(db)
     try:
-        with Store(db, readonly=True) as s:
-            meta = s.meta()
-    except Exception:  # noqa: BLE001 - an unreadable meta is checked elsewhere
-        return
-    pid, host = meta.get("sweep_pid"), meta.get("sweep_host")
-    if (pid and host == socket.gethostname() and meta.get("sweep_state") == "running"
-            and int(pid) != os.getpid() and _pid_alive(int(pid))):
-        raise AsymbpError(f"another sweep (pid {pid}) is writing {db}; wait for it or stop it "
-                          "first")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise AsymbpError(f"cannot create the sweep's lock file {path} ({err.strerror or err});"
+                          " make its folder writable or give another --db") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "just starting"
+        os.close(fd)
+        raise AsymbpError(f"another sweep ({holder}) is writing {db}; wait for it to finish or "
+                          "stop it first") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+    return fd
 
 
 def label(run: RunSpec) -> str:
@@ -326,13 +367,19 @@ def sweep(runs: list[RunSpec], db, *, workers: int = 1, backend: str = "local",
     if backend not in BACKENDS:
         raise AsymbpError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     threads = threads or threads_per_worker(workers)
-    check_not_running(db)
     log = sys.stdout if log is None else log
     from ._provenance import provenance
-    from .store import Store
+    from .store import Store, check, check_writable
 
+    check(db)  # a bad --db stops here, before the lock file is made
+    check_writable(db)
     prov = provenance()
-    store = Store(db)
+    lock = take_lock(db)
+    try:
+        store = Store(db)
+    except BaseException:
+        os.close(lock)
+        raise
     try:
         store.add_runs(runs)
         by_key = {r.key: r for r in runs}
@@ -410,6 +457,12 @@ def sweep(runs: list[RunSpec], db, *, workers: int = 1, backend: str = "local",
                 state = (f"DIVERGED at epoch {result['diverged_epoch']}" if result["diverged"]
                          else f"best {result['best_test_error']:.2f}%")
                 say(f"{label(run)}: {state} ({result['seconds']:.1f}s)")
+            elif kind == "restart":  # its checkpoint could not be loaded: from epoch 1 again
+                store.reset_epochs(key)
+                if bar is not None:
+                    bar.total += done_epochs[key]
+                done_epochs[key] = 0
+                say(f"{label(run)}: {ev[3]}")
             elif kind == "failed":
                 store.fail(key, ev[3])
                 n_done += 1
@@ -422,6 +475,7 @@ def sweep(runs: list[RunSpec], db, *, workers: int = 1, backend: str = "local",
         return {**counts, **_final_counts(store, by_key)}
     finally:
         store.close()
+        os.close(lock)
 
 
 def _final_counts(store, by_key) -> dict:

@@ -407,15 +407,18 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
     diverged_epoch = None
 
     ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+    state = _load_checkpoint(ckpt) if ckpt is not None else None
+    if state is not None:
         _check_resume(ckpt, cfg, state.get("config"))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        data_gen.set_state(state["data_gen"])
-        stat_gen.set_state(state["stat_gen"])
-        torch.random.set_rng_state(state["torch_rng"])
-        history, elapsed = state["history"], state["elapsed"]
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            data_gen.set_state(state["data_gen"])
+            stat_gen.set_state(state["stat_gen"])
+            torch.random.set_rng_state(state["torch_rng"])
+            history, elapsed = list(state["history"]), float(state["elapsed"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(ckpt, f"does not fit this run: {_first_line(err)}") from None
         diverged_epoch = state.get("diverged_epoch")
         start_epoch = len(history) + 1
 
@@ -522,6 +525,61 @@ def _alignment(model: nn.Module, t: Tensors, cfg: TrainConfig) -> list[dict]:
     return list(rows.values())
 
 
+class CheckpointError(AsymbpError):
+    """A checkpoint file that exists but cannot resume the run (corrupt, truncated, not
+    asymbp's); `path` is the file. A sweep moves such a file aside and starts the run again."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"checkpoint {path} {problem}; delete it to start the run from "
+                         "scratch, or give another checkpoint path")
+        self.path, self.problem = Path(path), problem
+
+    def __reduce__(self):  # picklable, for errors that cross a process boundary
+        return (type(self), (self.path, self.problem))
+
+
+def _first_line(err: BaseException, limit: int = 120) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [type(err).__name__]
+    # torch's weights-only refusal opens with advice; the reason is on its own line
+    text = next((ln for ln in lines if ln.startswith("WeightsUnpickler error")), lines[0])
+    text = text.rstrip(".")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _load_checkpoint(path: Path) -> dict | None:
+    """The saved state at `path`, or None when there is none yet (then its folder must be
+    writable: the run saves there after every epoch)."""
+    if path.is_dir():
+        raise AsymbpError(f"checkpoint {path} is a folder; give a file path for the "
+                          f"checkpoint, e.g. {path / 'run.pt'}")
+    if not path.exists():
+        folder = next((p for p in path.parents if p.exists()), Path("."))
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise AsymbpError(f"cannot write checkpoint {path}: {folder} is not a writable "
+                              "folder; give a checkpoint path in a writable folder")
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        raise AsymbpError(f"cannot read checkpoint {path} ({err.strerror or err}); make it "
+                          "readable or give another checkpoint path") from None
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise CheckpointError(path, "is not a checkpoint (not a PyTorch zip archive)")
+    try:
+        # weights_only: unpickling runs no code from the file; the state is tensors, numbers,
+        # strings, lists and dicts only (see _save_checkpoint). On the CPU: the generator
+        # states must be CPU ByteTensors, and load_state_dict moves the rest to the model.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a corrupt file raises many kinds of error
+        raise CheckpointError(path, f"cannot be loaded ({_first_line(err)})") from None
+    if (not isinstance(state, dict) or not {"model", "optimizer", "history"} <= set(state)
+            or not isinstance(state.get("config", {}), dict)):
+        raise CheckpointError(path, "is not an asymbp checkpoint (no model, optimizer and "
+                                    "history in it)")
+    return state
+
+
 # Config fields that may differ between a checkpoint and the run resuming it.
 _RESUME_FREE = ("device", "compile", "eval_batch_size", "alignment", "data_dir",
                 "channels_last")
@@ -554,10 +612,15 @@ def _save_checkpoint(path: Path, cfg: TrainConfig, model, optimizer, data_gen, s
         "elapsed": elapsed,
         "diverged_epoch": diverged_epoch,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise AsymbpError(f"cannot write checkpoint {path} ({err.strerror or err}); give a "
+                          "checkpoint path in a writable folder") from None
 
 
 def summarize(cfg: TrainConfig, spec: MethodSpec, history: list[dict], diverged_epoch,

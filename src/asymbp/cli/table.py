@@ -46,14 +46,16 @@ def run(args) -> int:
         from ..errors import unknown
 
         raise unknown("format", args.format, report.FORMATS)
+    out = Path(args.out) if args.out else None
+    if out is not None:  # before the database is read, too
+        if out.is_dir():
+            raise AsymbpError(f"{out} is a folder; --out needs a file name")
+        report.check_out_folder(out.parent)
     t = report.table(args.db, args.experiment, protocol=args.protocol, paper=args.paper,
                      datasets=_list(args.datasets), methods=_list(args.methods))
     text = report.render(t, args.format)
-    if args.out:
-        out = Path(args.out)
-        if out.is_dir():
-            raise AsymbpError(f"{out} is a folder; --out needs a file name")
-        out.write_text(text, encoding="utf-8")
+    if out is not None:
+        report.write_out(out, text)  # missing folders are made
     else:
         print(text, end="")
     return 0
