@@ -174,6 +174,8 @@ def run(args) -> int:
     from ..store import json_safe
     from ..train import TrainConfig, check_config, train
 
+    if args.nproc is not None and args.nproc < 1:
+        raise AsymbpError(f"--nproc must be >= 1, got {args.nproc}; 1 runs in this process")
     if args.nproc is not None and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         from ..distributed import launch
 
