@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from typing import Iterable
 
 from torch import nn
@@ -15,7 +16,9 @@ from .layers import ASYM_LAYERS, AsymConv2d, AsymLinear
 # Layer types that carry weights but have no asymmetric version: converting a model that holds
 # one is an error unless it is excluded (silently leaving it symmetric would skew a comparison).
 _UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                nn.ConvTranspose3d, nn.Bilinear)
+                nn.ConvTranspose3d, nn.Bilinear, nn.RNNBase, nn.RNNCellBase)
+# Lookups: no error flows back through the table to an input, so there is no feedback to make.
+_NO_FEEDBACK = (nn.Embedding, nn.EmbeddingBag)
 
 
 def layer_seed(model_seed: int, index: int) -> int:
@@ -65,31 +68,51 @@ def convert(model: nn.Module, scheme: str = "BP", *, seed: int = 0, exclude: Ite
 
     Returns:
         The model (the same object, converted), or the new layer when `model` was a bare layer.
+
+    Raises `AsymbpError`, changing nothing, for a model with no Linear/Conv2d left to convert or
+    holding a weighted layer with no asymmetric version (Conv1d/3d, ConvTranspose, Bilinear,
+    RNN/LSTM/GRU and their cells) that is not excluded. Warns (`UserWarning`, one per call) for
+    weights that stay symmetric: a MultiheadAttention's packed input projection (only its
+    out_proj is a Linear) and raw matrix Parameters of other modules.
     """
     exclude = [exclude] if isinstance(exclude, str) else list(exclude)
     cls, _ = resolve(scheme)  # a bad name fails before anything is changed
-    whole_model = not isinstance(model, ASYM_LAYERS + (nn.Linear, nn.Conv2d))
-    if cls.direct and whole_model:
-        # DFA: every layer projects the model's output error (C = the output size), which
-        # hooks on the root model capture at the start of each backward (asymbp/dfa.py).
-        if options.get("num_classes") is None:
-            options = {**options, "num_classes": dfa.infer_num_classes(model)}
-        dfa.install(model)
-    elif whole_model:
-        dfa.uninstall(model)
     if isinstance(model, ASYM_LAYERS + (nn.Linear, nn.Conv2d)):
         return _convert_one(model, scheme, layer_seed(seed, 0), weight_norm, options)
     if isinstance(model, _UNSUPPORTED):
         _unsupported("", model)
 
-    targets = []
+    # Look at the whole model before changing anything: an error leaves it as it was.
+    targets, symmetric = [], []
     for name, module in model.named_modules():
-        if not name or _matches(name, exclude):
+        if name and _matches(name, exclude):
             continue
-        if isinstance(module, _UNSUPPORTED):
+        if name and isinstance(module, _UNSUPPORTED):
             _unsupported(name, module)
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if name and isinstance(module, (nn.Linear, nn.Conv2d)):
             targets.append(name)
+        elif not (targets and name.startswith(targets[-1] + ".")):  # not inside a target
+            symmetric += _kept_symmetric(name, module)  # (pre-order: its parts come next)
+    if not targets:
+        raise AsymbpError(
+            f"nothing to convert in {type(model).__name__}: it has no Linear or Conv2d layer"
+            f"{' outside exclude=' + repr(exclude) if exclude else ''}; valid layer types: "
+            "Linear, Conv2d (and AsymLinear, AsymConv2d, which get the new scheme)")
+    if symmetric:
+        # stacklevel 2: the warning points at the caller's convert(...) line.
+        warnings.warn(f"convert({type(model).__name__}, {scheme!r}): {len(symmetric)} weight(s) "
+                      "keep symmetric feedback (backprop's W^T), asymbp has no asymmetric "
+                      f"version of them: {'; '.join(symmetric)}. To convert them, build them from "
+                      "Linear/Conv2d layers; to accept this, exclude their modules",
+                      UserWarning, stacklevel=2)
+    if cls.direct:
+        # DFA: every layer projects the model's output error (C = the output size), which
+        # hooks on the root model capture at the start of each backward (asymbp/dfa.py).
+        if options.get("num_classes") is None:
+            options = {**options, "num_classes": dfa.infer_num_classes(model)}
+        dfa.install(model)
+    else:
+        dfa.uninstall(model)
     for index, name in enumerate(targets):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -97,6 +120,22 @@ def convert(model: nn.Module, scheme: str = "BP", *, seed: int = 0, exclude: Ite
         setattr(parent, child, _convert_one(layer, scheme, layer_seed(seed, index), weight_norm,
                                             options))
     return model
+
+
+def _kept_symmetric(name: str, module: nn.Module) -> list[str]:
+    """The weights of `module` itself that convert leaves to plain autograd: the packed input
+    projection of a MultiheadAttention (only its out_proj is a Linear), and any raw matrix
+    Parameter of another module (1-D ones are elementwise scales and biases: no transport)."""
+    if isinstance(module, nn.MultiheadAttention):
+        packed = [p for p in ("in_proj_weight", "q_proj_weight", "k_proj_weight",
+                              "v_proj_weight") if getattr(module, p, None) is not None]
+        return [f"{name or 'the model'} (MultiheadAttention: its packed input projection "
+                f"{', '.join(packed)}; only out_proj is converted)"]
+    if isinstance(module, ASYM_LAYERS + _NO_FEEDBACK + (nn.Linear, nn.Conv2d)):
+        return []
+    prefix = name + "." if name else ""
+    return [f"{prefix}{p} ({type(module).__name__}: a raw {tuple(w.shape)} Parameter)"
+            for p, w in module.named_parameters(recurse=False) if w.dim() >= 2]
 
 
 def _convert_one(layer, scheme, seed, weight_norm, options):

@@ -14,16 +14,21 @@ validates every name first, so a mistake is one line before any work is done.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+import numbers
+from dataclasses import dataclass, field, fields
 
 from .errors import AsymbpError, unknown
 
 LR_MULTS = (100.0, 10.0, 1.0, 0.1, 0.01)  # k in lr = 5e-4 × k (DESIGN §6)
 SEEDS = (1,)
 GRID = "grid"  # the experiment label of a user grid (methods × datasets)
+# Beyond these a sweep is a typo ("1-1000000"), not a plan: refused before a list is built.
+MAX_SEEDS = 1000
+MAX_RUNS = 100_000
 
 
 @dataclass(frozen=True)
@@ -103,14 +108,24 @@ class RunSpec:
 _NOT_IN_KEY = ("device", "data_dir", "compile", "channels_last", "eval_batch_size")
 
 
+@functools.cache
+def _defaults() -> dict:
+    from .train import TrainConfig
+
+    return TrainConfig().to_dict()
+
+
 def canonical_config(config: dict) -> str:
     """The config as canonical JSON, the input of the run key: sorted keys, execution-only
     fields dropped, and fields at their default dropped too, so that adding a new config field
     (with a default that keeps the old behaviour) leaves existing run keys, and resumes, intact."""
     from .train import TrainConfig
 
-    full = TrainConfig.from_dict(dict(config)).to_dict()
-    defaults = TrainConfig().to_dict()
+    cfg = TrainConfig.from_dict(dict(config))
+    # The fields as they are (json.dumps copies nothing), not to_dict's deep copy: a plan
+    # computes one key per run, and asdict was most of a 100 000-run plan's time.
+    full = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    defaults = _defaults()
     for k in _NOT_IN_KEY:
         full.pop(k, None)
     full = {k: v for k, v in full.items() if k not in defaults or v != defaults[k]}
@@ -143,28 +158,33 @@ def parse_floats(text: str | None, what: str, default) -> list[float]:
         except ValueError:
             raise AsymbpError(f"bad {what} {t!r}; expected numbers, e.g. 100,10,1,0.1,0.01") from None
         if not (v > 0 and math.isfinite(v)):
-            raise AsymbpError(f"{what} must be > 0, got {t}")
+            raise AsymbpError(f"{what} must be a finite number > 0, got {t}")
         out.append(v)
-    return out
+    return list(dict.fromkeys(out))  # "1,1" is one multiplier: each run is planned once
 
 
 def parse_seeds(text: str | None) -> list[int]:
     """'1', '1,2,3' or '1-5' -> seeds."""
     if text is None:
         return list(SEEDS)
-    out: list[int] = []
+    parts: list[range] = []
     try:
         for t in parse_list(text, "seed"):
             if "-" in t[1:]:
                 a, b = t.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
+                parts.append(range(int(a), int(b) + 1))
             else:
-                out.append(int(t))
+                parts.append(range(int(t), int(t) + 1))
     except ValueError:
         raise AsymbpError(f"bad seeds {text!r}; expected e.g. 1 or 1,2,3 or 1-5") from None
+    count = sum(len(r) for r in parts)  # counted before any list of seeds is built
+    if count > MAX_SEEDS:
+        raise AsymbpError(f"seeds {text!r} are {count:,} seeds, more than {MAX_SEEDS:,} per "
+                          "cell; give a shorter range, e.g. 1-10")
+    out = list(dict.fromkeys(s for r in parts for s in r))
     if not out:
         raise AsymbpError(f"bad seeds {text!r}; the range is empty")
-    return list(dict.fromkeys(out))
+    return out
 
 
 def plan(experiment: str | None = None, methods: list[str] | None = None,
@@ -181,7 +201,8 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
         base: `TrainConfig` fields shared by every run (epochs, model, protocol, ...).
 
     Returns:
-        `RunSpec`s in a stable order: dataset, method, procedure, multiplier, seed.
+        `RunSpec`s in a stable order: dataset, method, procedure, multiplier, seed; a run key
+        appears once (a repeated multiplier, seed, method or dataset adds no run).
     """
     from . import data
     from .methods import parse_method
@@ -210,24 +231,49 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
         parse_method(m)
     for d in datasets:
         data.check_key(d)
+    lr_mults, seeds = _numbers(lr_mults, "learning-rate multiplier"), _numbers(seeds, "seed")
     if not lr_mults or not seeds:
         raise AsymbpError("a sweep needs at least one learning-rate multiplier and one seed")
     methods, datasets = list(dict.fromkeys(methods)), list(dict.fromkeys(datasets))
+    cells = sum(1 + len(procedures.get(m, {})) for m in methods) * len(datasets)
+    count = cells * len(lr_mults) * len(seeds)
+    if count > MAX_RUNS:
+        raise AsymbpError(f"the sweep would plan {count:,} runs ({cells} cell procedures x "
+                          f"{len(lr_mults)} multipliers x {len(seeds)} seeds), more than "
+                          f"{MAX_RUNS:,}; narrow --seeds, --lr-mults, --methods or --datasets")
 
-    runs = []
+    runs: dict[str, RunSpec] = {}
     for d in datasets:
         for m in methods:
             for proc, overrides in {"": {}, **procedures.get(m, {})}.items():
                 for k in lr_mults:
                     for s in seeds:
                         cfg = {**base, **overrides, "dataset": d, "method": m,
-                               "lr_mult": float(k), "seed": int(s)}
-                        runs.append(RunSpec(label, m, d, float(k), int(s), proc, cfg))
-    # Every config is checked before the first run starts (cheap: no data is loaded).
+                               "lr_mult": k, "seed": s}
+                        run = RunSpec(label, m, d, k, s, proc, cfg)
+                        runs.setdefault(run.key, run)  # the same run twice is planned once
+    # Every config is checked before the first run starts (cheap: no data is loaded): once per
+    # method and procedure, and once per multiplier and seed, so each value is seen.
     checked = set()
-    for r in runs:
-        sig = (r.method, r.config.get("batch_schedule"))
-        if sig not in checked:
+    for r in runs.values():
+        sigs = {("method", r.method, r.config.get("batch_schedule")), ("lr", r.lr_mult),
+                ("seed", r.seed)}
+        if not sigs <= checked:
             check_config(TrainConfig.from_dict(r.config))
-            checked.add(sig)
-    return runs
+            checked |= sigs
+    return list(runs.values())
+
+
+def _numbers(values, what: str) -> list:
+    """The multipliers (floats) or seeds (ints) of a plan, repeats dropped; nothing rounded
+    (a seed 2.9 is an error, not seed 2; numpy integers are ints)."""
+    kind = numbers.Integral if what == "seed" else numbers.Real
+    out = []
+    for i, v in enumerate(values):
+        if i == MAX_RUNS:
+            raise AsymbpError(f"more than {MAX_RUNS:,} {what}s; give fewer")
+        if isinstance(v, bool) or not isinstance(v, kind):
+            raise AsymbpError(f"{what}s must be {'ints' if what == 'seed' else 'numbers'}, got "
+                              f"{v!r} ({type(v).__name__})")
+        out.append(int(v) if what == "seed" else float(v))
+    return list(dict.fromkeys(out))

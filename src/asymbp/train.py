@@ -10,7 +10,9 @@
 4. for each epoch: set the learning rate (base for the first 50/65 of the run, base/10 to 60/65,
    base/100 after), train on mini-batches drawn by index permutation, refresh the test-time BN
    statistics (paper protocol: 20 training batches, EMA α = 0.05), evaluate, record metrics;
-5. a NaN/inf loss ends the run as diverged.
+5. a run diverges, and ends, at the first epoch whose mean per-example training loss is NaN,
+   inf or above `diverge_loss` (default 1e4: chance level is ln C, 2.3 for 10 classes), or
+   whose weights are no longer finite; its test error is then NaN.
 
 Nothing here knows about grids, processes or storage; `on_epoch` streams each epoch's metrics
 and `checkpoint` (a path) makes the run resumable from its last finished epoch.
@@ -19,9 +21,11 @@ and `checkpoint` (a path) makes the run resumable from its last finished epoch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -92,6 +96,13 @@ class TrainConfig:
     mirror_every: int = 1
     mirror_steps: int = 1
     mirror_warmup: int = 0
+    # The run counts as diverged (and stops) at the first epoch whose mean per-example training
+    # loss exceeds this, as it does for a NaN/inf loss. Chance level is ln C (2.3 for 10
+    # classes, 6.9 for 1000); the paper's grid (k <= 100) stays within a few times that, and
+    # even k = 1e5 with BN+BM stayed under 1e3 on a toy problem. A loss of 1e4 per example means
+    # logits 1e4 apart: the weights have blown up, whatever the error rate says. inf: only a
+    # NaN/inf loss counts.
+    diverge_loss: float = 1e4
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -108,21 +119,33 @@ class TrainConfig:
 
 def check_config(cfg: TrainConfig) -> MethodSpec:
     """Validate a config before any work is done; return its parsed method."""
+    if not isinstance(cfg, TrainConfig):
+        raise AsymbpError(f"a run's config must be a TrainConfig or a dict of its fields, got "
+                          f"{_short(cfg)} ({type(cfg).__name__})")
+    check_types(cfg)
     spec = parse_method(cfg.method, **cfg.scheme_options)
     datasets.check_key(cfg.dataset)
     if cfg.model is not None and cfg.model not in models.MODELS:
         from .errors import unknown
 
         raise unknown("model", cfg.model, models.MODELS)
-    if not cfg.lr_mult > 0 or not math.isfinite(cfg.lr_mult):
-        raise AsymbpError(f"learning-rate multiplier must be > 0, got {cfg.lr_mult}; the paper "
-                          "uses 100, 10, 1, 0.1, 0.01")
-    if not cfg.base_lr > 0:
-        raise AsymbpError(f"base learning rate must be > 0, got {cfg.base_lr}")
-    if int(cfg.epochs) < 1:
+    if not _positive(cfg.lr_mult):
+        raise AsymbpError(f"learning-rate multiplier must be a finite number > 0, got "
+                          f"{cfg.lr_mult}; the paper uses 100, 10, 1, 0.1, 0.01")
+    if not _positive(cfg.base_lr):
+        raise AsymbpError(f"base learning rate must be a finite number > 0, got {cfg.base_lr}")
+    if not 0 <= cfg.momentum < 1:  # also false for NaN; momentum 1 never forgets a gradient
+        raise AsymbpError(f"momentum must be in [0, 1), got {cfg.momentum}; the paper uses 0.9")
+    if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
+        raise AsymbpError(f"weight decay must be a finite number >= 0, got {cfg.weight_decay}")
+    for name in ("seed", "data_seed"):
+        value = getattr(cfg, name)
+        if not 0 <= value < 2**63:  # numpy's generators take no negative seed, torch no larger
+            raise AsymbpError(f"{name} must be in [0, 2**63), got {value}")
+    if cfg.epochs < 1:
         raise AsymbpError(f"epochs must be >= 1, got {cfg.epochs}")
     eval_batch = cfg.eval_batch_size
-    if int(cfg.batch_size) < 1 or (eval_batch is not None and int(eval_batch) < 1):
+    if cfg.batch_size < 1 or (eval_batch is not None and eval_batch < 1):
         raise AsymbpError(f"batch sizes must be >= 1, got {cfg.batch_size} (training), "
                           f"{eval_batch} (evaluation)")
     if cfg.protocol not in ("paper", "honest"):
@@ -134,9 +157,18 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
     if spec.freeze != "none" and cfg.freeze not in ("none", spec.freeze):
         raise AsymbpError(f"method {cfg.method!r} freezes '{spec.freeze}' but freeze="
                           f"{cfg.freeze!r} was also given; give one of them")
-    if int(cfg.bn_stat_batches) < 0 or not 0 < cfg.bn_stat_alpha <= 1:
+    if cfg.bn_stat_batches < 0 or not 0 < cfg.bn_stat_alpha <= 1:
         raise AsymbpError(f"BN statistics need >= 0 batches and 0 < alpha <= 1, got "
                           f"{cfg.bn_stat_batches} batches, alpha {cfg.bn_stat_alpha}")
+    if spec.bn and cfg.bn_stats == "paper" and cfg.bn_stat_batches < 1:
+        # The paper's BN layers keep no running statistics during training (momentum 0): the
+        # post-epoch pass is their only source, and with 0 batches the test uses mean 0, var 1.
+        # 0 batches is fine without BN or with bn_stats='running', where no pass is run.
+        raise AsymbpError(f"method {cfg.method!r} has batch norm, whose test-time statistics "
+                          "come from the post-epoch pass over bn_stat_batches training batches "
+                          "(bn_stats='paper'); with 0 the test would use mean 0, variance 1; "
+                          "give bn_stat_batches >= 1 (--bn-stat-batches; the paper: 20) or "
+                          "bn_stats='running' (--bn-stats running)")
     if cfg.protocol == "honest" and not 0 < cfg.val_fraction < 1:
         raise AsymbpError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
     if not isinstance(cfg.compile, bool) and cfg.compile not in COMPILE_MODES:
@@ -146,12 +178,57 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
         raise AsymbpError(f"unknown precision {cfg.amp!r}; valid: fp32, bf16")
     batch_schedule(cfg)
     feedback_wd(cfg)
-    if int(cfg.mirror_every) < 1 or int(cfg.mirror_steps) < 0 or int(cfg.mirror_warmup) < 0:
+    if cfg.mirror_every < 1 or cfg.mirror_steps < 0 or cfg.mirror_warmup < 0:
         raise AsymbpError(f"weight mirrors need mirror_every >= 1, mirror_steps >= 0 and "
                           f"mirror_warmup >= 0, got {cfg.mirror_every}, {cfg.mirror_steps}, "
                           f"{cfg.mirror_warmup}")
     check_device_name(cfg.device)  # its spelling; whether this machine has it: local_device
+    if not cfg.diverge_loss > 0:  # inf is allowed: then only a NaN/inf loss is a divergence
+        raise AsymbpError(f"diverge_loss must be > 0 (or inf), got {cfg.diverge_loss}; it is "
+                          "the mean per-example training loss above which a run has diverged")
     return spec
+
+
+def _positive(x: float) -> bool:
+    return x > 0 and math.isfinite(x)  # NaN fails both
+
+
+def _short(value) -> str:
+    """`repr(value)` on one line and not too long (a tensor's repr spans lines)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# What each annotation accepts, in words (the error message) and as a test. No conversion: an
+# int field refuses 2.9 and 3.0 alike (3.0 would also give another run key than 3), a float
+# field takes an int (a whole number is a number), and bool, although an int in Python, is
+# neither an int nor a float here (epochs=True is a mistake, not 1 epoch).
+_TYPES = {
+    int: ("an int", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    str: ("a string", lambda v: isinstance(v, str)),
+    bool: ("a bool (True/False)", lambda v: isinstance(v, bool)),
+    dict: ("a dict", lambda v: isinstance(v, dict)),
+    type(None): ("None", lambda v: v is None),
+}
+
+
+@functools.cache
+def _hints() -> dict:
+    return typing.get_type_hints(TrainConfig)  # the annotations are strings (__future__)
+
+
+def check_types(cfg: TrainConfig) -> None:
+    """Every field of `cfg` against its annotation (`_TYPES`), before any value is used."""
+    hints = _hints()
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
+        if not any(_TYPES[t][1](value) for t in allowed):
+            expected = " or ".join(_TYPES[t][0] for t in allowed)
+            raise AsymbpError(f"config field {f.name} must be {expected}, got {_short(value)} "
+                              f"({type(value).__name__}); give a value of that type (asymbp converts "
+                              "no config value)")
 
 
 # torch.compile's modes (asymbp's `compile` option takes these, or True for "default").
@@ -213,6 +290,9 @@ def feedback_wd(cfg: TrainConfig) -> tuple[float, float] | None:
     except ValueError:
         raise AsymbpError(f"bad feedback weight decay {cfg.feedback_weight_decay!r}; expected "
                           "'FIRST,AFTER', e.g. '5e-3,1e-4'") from None
+    if not all(v >= 0 and math.isfinite(v) for v in (first, after)):
+        raise AsymbpError(f"feedback weight decay must be two finite numbers >= 0, got "
+                          f"{cfg.feedback_weight_decay!r}; e.g. '5e-3,1e-4'")
     return first, after
 
 
@@ -467,14 +547,17 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
         if dp is not None:
             dp.all_reduce_(loss_sum, wrong)
         train_loss = loss_sum.item() / n
-        # One host synchronisation for every parameter's finiteness.
-        finite = math.isfinite(train_loss) and bool(torch.stack(
-            [torch.isfinite(p).all() for p in model.parameters()]).all())
+        # Diverged: a NaN/inf loss, a finite one above `diverge_loss` (blown-up weights whose
+        # logits are far apart: not learning, whatever the error rate), or non-finite weights
+        # (one host synchronisation for all of them).
+        healthy = (math.isfinite(train_loss) and train_loss <= cfg.diverge_loss
+                   and bool(torch.stack([torch.isfinite(p).all()
+                                         for p in model.parameters()]).all()))
 
         # -- test-time BN statistics, evaluation, alignment ---------------------------------
         row = {"epoch": epoch, "lr": lr, "batch_size": bs, "train_loss": train_loss,
                "train_error": 100.0 * wrong.item() / n}
-        if finite:
+        if healthy:
             if cfg.bn_stats == "paper":
                 refresh_bn_stats(model, tensors.x_train, bs, cfg.bn_stat_batches,
                                  cfg.bn_stat_alpha, stat_gen)
@@ -590,6 +673,9 @@ def _check_resume(path: Path, cfg: TrainConfig, saved: dict | None) -> None:
     if saved is None:
         return
     now = cfg.to_dict()
+    # A field the checkpoint predates was at its default then: a field added later (with a
+    # default that keeps the old behaviour) must not orphan the checkpoints written before it.
+    saved = {**TrainConfig().to_dict(), **saved}
     diff = sorted(k for k in set(now) | set(saved)
                   if k not in _RESUME_FREE and now.get(k) != saved.get(k))
     if diff:

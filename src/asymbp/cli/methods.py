@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..methods import describe, parse_method
 
-    if args.method:
+    if args.method is not None:  # '' is a mistake (parse_method says so), not "list all"
         spec = parse_method(args.method)
         print(f"{args.method} -> {spec.name}: scheme={spec.scheme_name} bn={spec.bn} "
               f"bn_affine={spec.bn_affine} update={spec.update} weight_norm={spec.weight_norm} "

@@ -179,6 +179,8 @@ def run(args) -> int:
     from ..train import TrainConfig, check_config, train
 
     rank0 = int(os.environ.get("RANK", "0")) == 0  # data parallel: rank 0 speaks for the run
+    if args.nproc is not None and args.nproc < 1:
+        raise AsymbpError(f"--nproc must be >= 1, got {args.nproc}; 1 runs in this process")
     if args.nproc is not None and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         from ..distributed import launch
 

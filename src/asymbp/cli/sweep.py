@@ -151,6 +151,9 @@ def preflight(runs) -> None:
             print(note, file=sys.stderr, flush=True)
 
 
+DRY_RUN_LINES = 200  # a plan of thousands of runs is summarised, not printed in full
+
+
 def _dry_run(runs, db) -> int:
     from pathlib import Path
 
@@ -161,8 +164,10 @@ def _dry_run(runs, db) -> int:
     if Path(db).exists():
         with Store(db, readonly=True) as s:
             stored = s.statuses([r.key for r in runs])
-    for r in runs:
+    for r in runs[:DRY_RUN_LINES]:
         print(f"{r.key}  {stored.get(r.key, 'new'):<8}  {r.experiment:<4} {label(r)}")
+    if len(runs) > DRY_RUN_LINES:
+        print(f"... and {len(runs) - DRY_RUN_LINES} more")
     print(f"{len(runs)} runs, {sum(1 for r in runs if r.key not in stored)} not yet in {db}")
     return 0
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,17 @@ def verify(root: Path, r: Remote, path: Path | None = None, key: str = "", fix: 
     return got
 
 
+def check_mirror(mirror: str | None) -> None:
+    """A mirror is a base URL that urllib can fetch: http(s):// or file:// (a local copy)."""
+    given = mirror or os.environ.get("ASYMBP_MIRROR")
+    url = urllib.parse.urlsplit(given or "")
+    scheme = url.scheme.lower()
+    if given and (scheme not in ("http", "https", "file") or (scheme != "file" and not url.netloc)):
+        where = "--mirror" if mirror else "$ASYMBP_MIRROR"
+        raise AsymbpError(f"{where} {given!r} is not a URL; give an http://, https:// or "
+                          "file:// base URL (files are fetched from <URL>/<KEY>/<file>)")
+
+
 def url_for(key: str, r: Remote, mirror: str | None) -> str:
     mirror = mirror or os.environ.get("ASYMBP_MIRROR")
     return f"{mirror.rstrip('/')}/{key}/{r.name}" if mirror else r.url
@@ -239,6 +251,7 @@ def download(key: str, data_dir: str | os.PathLike | None = None, mirror: str | 
     with no public source, naming the files to put where.
     """
     check_key(key)
+    check_mirror(mirror)
     if key.startswith("npz:"):
         raise AsymbpError(f"{key} is a local file, there is nothing to download; give the path of "
                           "an existing .npz")
