@@ -294,6 +294,27 @@ def test_wm_V_is_not_trained_by_the_optimizer_and_is_saved():
         torch.testing.assert_close(a.feedback_weight(), b.feedback_weight())
 
 
+def test_mirror_schedule_is_warmup_then_steps_every_n():
+    """The schedule train() follows, against the same mirror steps called by hand."""
+    cfg = asymbp.train.TrainConfig(mirror_every=3, mirror_steps=2, mirror_warmup=5)
+    model = asymbp.convert(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), "WM", seed=1)
+    by_hand = copy.deepcopy(model)
+    schedule = feedback.MirrorSchedule.from_config(model, cfg)
+    schedule.warmup()
+    feedback.mirror_step(by_hand, 5)
+    for step in range(1, 8):
+        schedule.after_step()
+        if step % 3 == 0:
+            feedback.mirror_step(by_hand, 2)
+        for (_, a), (_, b) in zip(asymbp.asym_layers(model), asymbp.asym_layers(by_hand)):
+            assert torch.equal(a.feedback_weight(), b.feedback_weight()), step
+    plain = asymbp.convert(nn.Linear(4, 3), "uSF")
+    idle = feedback.MirrorSchedule.from_config(plain, cfg)
+    assert not idle.active and feedback.mirrored_layers(model)[0][0] is model[0]
+    idle.warmup()
+    idle.after_step()  # nothing to mirror: nothing happens
+
+
 def test_train_interleaves_mirror_steps(tmp_path):
     from asymbp.train import train
 

@@ -14,7 +14,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import asymbp
 import asymbp.distributed
-from test_layers import SCHEMES
+
+SCHEMES = asymbp.feedback.variants()
 
 
 def _free_port() -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,7 +15,56 @@ import asymbp
 from asymbp import AsymConv2d, AsymLinear, feedback
 from asymbp.metrics import angle, error_signal_alignment, layer_alignment
 
-from test_layers import OSCHEMES, SCHEMES
+SCHEMES = feedback.variants()
+OSCHEMES = [s for s in SCHEMES if not feedback.resolve(s)[0].direct]  # dE/dx = Vᵀ g
+
+
+CAPABILITIES = ("learned", "redrawn", "symmetric", "direct", "takes_p", "mirrored")
+
+
+@pytest.mark.parametrize("name", list(feedback.SCHEMES))
+def test_every_scheme_declares_its_capabilities(name):
+    cls = feedback.SCHEMES[name]
+    assert cls.name == name and feedback.SCHEMES[name.upper()] is cls  # any case
+    for capability in CAPABILITIES:
+        assert isinstance(getattr(cls, capability), bool), capability
+    assert cls.takes_p == ("p" in cls.options())
+    layer = AsymLinear(4, 3, scheme=name, seed=1)
+    assert layer.feedback.option_values().keys() == set(cls.options())
+    assert layer.feedback.factored_backward(2) == (name in ("PFA", "PFA-o"))  # V = B·R, tiny batch
+
+
+def test_variants_are_every_scheme_and_its_flip_probabilities():
+    names = feedback.variants((25, 12.5))
+    assert names[:len(feedback.SCHEMES)] == feedback.scheme_names()
+    assert names[len(feedback.SCHEMES):] == ["brSF-25", "brSF-12.5", "frSF-25", "frSF-12.5"]
+    for name in names:
+        cls, implied = feedback.resolve(name)
+        assert implied.get("p", 0) in (0, 25, 12.5)
+
+
+def test_layer_generator_resumes_from_a_saved_state():
+    g = asymbp.rng.LayerGenerator(7)
+    torch.rand(3, generator=g.on("cpu"))
+    saved = g.get_state()
+    after = torch.rand(3, generator=g.on("cpu"))
+    resumed = asymbp.rng.LayerGenerator(999)
+    resumed.set_state(saved)
+    assert torch.equal(torch.rand(3, generator=resumed.on("cpu")), after)
+    fresh = asymbp.rng.LayerGenerator(7)
+    assert fresh.get_state() is None
+    first = torch.rand(3, generator=fresh.on("cpu"))
+    assert torch.equal(first, torch.rand(3, generator=asymbp.rng.cpu_generator(7)))
+
+
+def test_feedback_swapped_restores_the_scheme_even_after_an_error():
+    layer = AsymLinear(5, 4, scheme="RndF", seed=1)
+    own, keys = layer.feedback, set(layer.state_dict())
+    with pytest.raises(RuntimeError, match="inside"):
+        with layer.feedback_swapped(feedback.BP(layer.weight, 0)):
+            torch.testing.assert_close(layer.feedback_weight(), layer.weight.detach())
+            raise RuntimeError("inside")
+    assert layer.feedback is own and set(layer.state_dict()) == keys
 
 
 def sgd_step_(layer, lr=0.1):
@@ -189,6 +240,14 @@ def _check_compiled_gradients(scheme, tol: dict, **compile_options):
 @pytest.mark.parametrize("scheme", OSCHEMES)
 def test_compile_gives_eager_gradients(scheme):
     _check_compiled_gradients(scheme, {}, backend="aot_eager")
+
+
+def test_import_does_not_load_the_compiler():
+    """`import asymbp` leaves torch._dynamo (and sympy) unloaded: seconds of import time; the
+    compile tests here show that the code kept out of traces still is."""
+    code = "import sys, asymbp; print('torch._dynamo' in sys.modules, 'sympy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
 
 
 @pytest.mark.slow

@@ -19,16 +19,10 @@ import asymbp
 from asymbp import AsymConv2d, AsymLinear, feedback
 from asymbp.errors import AsymbpError
 
-# Every registered scheme, plus flip probabilities for the schemes that take one.
-SCHEMES = feedback.scheme_names() + ["brSF-25", "frSF-50", "brSF-100"]
-
-
-def _is_direct(scheme: str) -> bool:
-    cls, _ = feedback.resolve(scheme)
-    return bool(getattr(cls, "direct", False))
-
-
-OSCHEMES = [s for s in SCHEMES if not _is_direct(s)]
+# Every registered scheme, plus flip probabilities for the schemes that take one; OSCHEMES:
+# those whose input gradient is Vᵀ g (not DFA's projected output error).
+SCHEMES = feedback.variants()
+OSCHEMES = [s for s in SCHEMES if not feedback.resolve(s)[0].direct]
 
 LAYERS = {
     "linear": dict(kind="linear", in_=12, out=8, bias=True),
@@ -265,6 +259,7 @@ def test_pfa_linear_paths_agree_with_the_oracle(rows):
     torch.manual_seed(0)
     layer = AsymLinear(6, 4, scheme="PFA", seed=2, dtype=torch.float64)
     assert layer.feedback.factored_is_cheaper(rows) == (rows == 3)
+    assert layer.feedback.factored_backward(rows) == (rows == 3)
     x = torch.randn(rows, 6, dtype=torch.float64, requires_grad=True)
     y = layer(x)
     g = torch.randn_like(y)

@@ -30,7 +30,7 @@ from torch import nn
 
 from asymbp import convert
 from asymbp.errors import AsymbpError
-from asymbp.models import MODELS, build, freeze, weight_layers
+from asymbp.models import MODELS, build, check_fit, freeze, weight_layers
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -178,6 +178,15 @@ def test_freeze_bottom_and_top():
     freeze(model, "none")
     with pytest.raises(AsymbpError):
         freeze(model, "middle")
+
+
+def test_model_keys_match_case_insensitively():
+    assert MODELS["MNIST"] is MODELS["mnist"]
+    model = build("MNIST", 10)
+    assert model.model_key == "mnist"  # the registered spelling
+    check_fit("Mlp", (30,))
+    with pytest.raises(AsymbpError, match="valid models for it: mlp"):
+        check_fit("MNIST", (30,))
 
 
 def test_build_errors():

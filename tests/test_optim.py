@@ -18,7 +18,7 @@ import torch
 from asymbp.errors import AsymbpError
 from asymbp.optim import SGD, UPDATE_RULES, BatchManhattan, make_optimizer
 
-RULES = ["SGD", "BM1", "BM2", "BM3"]
+RULES = list(UPDATE_RULES)  # a new rule is tested the day it is registered (and needs an oracle)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,6 +43,8 @@ def oracle(rule: str, w0, grads, lr, m, d):
         elif rule == "BM3":
             buf = -np.sign(g) + m * buf - d * w  # κ(t)
             tau = np.sign(buf)
+        else:
+            raise AssertionError(f"no oracle for the update rule {rule}: write its equation here")
         w = w + lr * tau
         out.append(w.copy())
     return out
@@ -193,6 +195,14 @@ def test_update_rule_registry_and_errors():
         SGD([w], lr=-1.0)
     with pytest.raises(AsymbpError):
         SGD([w], lr=0.1, momentum=1.0)
+
+
+def test_bm_is_an_alias_of_bm1_in_the_registry():
+    assert UPDATE_RULES["bm"] is UPDATE_RULES["BM1"] and "BM" not in list(UPDATE_RULES)
+    with pytest.raises(AsymbpError) as e:
+        make_optimizer("adam", [torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    msg = str(e.value)
+    assert "\n" not in msg and "SGD, BM1, BM2, BM3" in msg and "BM = BM1" in msg
 
 
 def test_closure_returns_loss():

@@ -8,10 +8,9 @@ from typing import Iterable
 
 from torch import nn
 
-from . import dfa
 from .errors import AsymbpError
 from .feedback import resolve
-from .layers import ASYM_LAYERS, AsymConv2d, AsymLinear
+from .layers import ASYM_LAYERS, AsymConv2d, AsymLinear, asym_layers
 
 # Layer types that carry weights but have no asymmetric version: converting a model that holds
 # one is an error unless it is excluded (silently leaving it symmetric would skew a comparison).
@@ -105,14 +104,7 @@ def convert(model: nn.Module, scheme: str = "BP", *, seed: int = 0, exclude: Ite
                       f"version of them: {'; '.join(symmetric)}. To convert them, build them from "
                       "Linear/Conv2d layers; to accept this, exclude their modules",
                       UserWarning, stacklevel=2)
-    if cls.direct:
-        # DFA: every layer projects the model's output error (C = the output size), which
-        # hooks on the root model capture at the start of each backward (asymbp/dfa.py).
-        if options.get("num_classes") is None:
-            options = {**options, "num_classes": dfa.infer_num_classes(model)}
-        dfa.install(model)
-    else:
-        dfa.uninstall(model)
+    options = cls.prepare_model(model, options)  # e.g. DFA's output-error hooks on the root
     for index, name in enumerate(targets):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -156,13 +148,7 @@ def _unsupported(name: str, module: nn.Module):
 
 def set_feedback_seed(model: nn.Module, seed: int) -> None:
     """Re-seed every asymmetric layer's feedback (fixed draws are redrawn from the new seed)."""
-    for index, (_, layer) in enumerate(
-        (n, m) for n, m in model.named_modules() if isinstance(m, ASYM_LAYERS)
-    ):
-        opts = _scheme_options(layer.feedback)
-        layer.set_scheme(layer.scheme, seed=layer_seed(seed, index), **opts)
-
-
-def _scheme_options(f) -> dict:
-    return {k: getattr(f, k) for k in type(f).options() if hasattr(f, k)}
+    for index, (_, layer) in enumerate(asym_layers(model)):
+        layer.set_scheme(layer.scheme, seed=layer_seed(seed, index),
+                         **layer.feedback.option_values())
 

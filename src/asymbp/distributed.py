@@ -63,7 +63,7 @@ class DataParallel:
         # off-task) need DDP's unused-parameter search; plain schemes do not pay for it.
         from .layers import asym_layers
 
-        unused = any(getattr(l.feedback, "mirrored", False) for _, l in asym_layers(model))
+        unused = any(l.feedback.mirrored for _, l in asym_layers(model))
         ids = [self.device.index or 0] if self.device.type == "cuda" else None
         # Buffers (BN running statistics, feedback generator states) evolve identically on
         # every rank; broadcasting them every forward would only cost time.

@@ -13,6 +13,8 @@ the scheme's own parameters (PFA: `R` gets `Bᵀ g_W`).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -159,13 +161,22 @@ class _Asym:
         self.register_buffer("w0_norm", self.weight.detach().norm().reshape(()).clone())
 
     def set_scheme(self, scheme: str, seed: int | None = None, **options) -> None:
-        """(Re)build the feedback scheme from the current weights."""
+        """(Re)build the feedback scheme from the current weights (by default, with its seed)."""
         if seed is None:
-            seed = getattr(getattr(self, "feedback", None), "seed", None)
-        if seed is None:
-            seed = _new_seed()
+            seed = self.feedback.seed if "feedback" in self._modules else _new_seed()
         with torch.no_grad():
             self.feedback = fb.make(scheme, self.weight.detach(), seed, **options)
+
+    @contextlib.contextmanager
+    def feedback_swapped(self, feedback: fb.Feedback):
+        """Inside the block the layer uses `feedback` instead of its own scheme, which then comes
+        back untouched (even after an error); e.g. `metrics.symmetric`'s V = W."""
+        own = self.feedback
+        self.feedback = feedback
+        try:
+            yield self
+        finally:
+            self.feedback = own
 
     @property
     def scheme(self) -> str:
@@ -209,12 +220,12 @@ class AsymLinear(_Asym, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.is_grad_enabled():
             return F.linear(x, self.weight, self.bias)
-        if self.feedback.direct:  # DFA: x's gradient is the projected output error (dfa.py)
+        f = self.feedback
+        if f.direct:  # DFA: x's gradient is the output error (feedback/dfa.py)
             y = AsymLinearFunction.apply(x.detach(), self.weight, self.bias,
                                          self._V_for_backward())
-            return self.feedback.attach(y, x, conv=False)
-        f = self.feedback
-        if getattr(f, "factored", False) and f.factored_is_cheaper(x.numel() // x.shape[-1]):
+            return f.attach(y, x, conv=False)
+        if f.factored_backward(x.numel() // x.shape[-1]):  # PFA: V = B·R never formed
             return PFALinearFunction.apply(x, self.weight, self.bias, f.B, f.R)
         return AsymLinearFunction.apply(x, self.weight, self.bias, self._V_for_backward())
 
@@ -257,7 +268,7 @@ class AsymConv2d(_Asym, nn.Conv2d):
             return self._conv_forward(x, self.weight, self.bias)
         padding, pre = self._explicit_padding()
         x_in = x
-        if self.feedback.direct:  # DFA: x's gradient is the projected output error (dfa.py)
+        if self.feedback.direct:  # DFA: x's gradient is the output error (feedback/dfa.py)
             x = x.detach()
         if pre is not None:
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode

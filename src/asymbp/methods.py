@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 
 from . import feedback as fb
 from .errors import AsymbpError
+from .optim import UPDATE_RULES
 
-UPDATES = ("SGD", "BM1", "BM2", "BM3")
 FREEZE = ("none", "bottom", "top")
-_UPDATE_PARTS = {"sgd": "SGD", "bm": "BM1", "bm1": "BM1", "bm2": "BM2", "bm3": "BM3"}
 
 GRAMMAR = (
     "[scheme][+BN][+BM|+BM1|+BM2|+BM3][+WN][@bottom|@top]; no scheme means BP, "
@@ -78,6 +77,16 @@ def _fmt(p: float) -> str:
     return str(int(p)) if float(p).is_integer() else str(p)
 
 
+def _flip_forms() -> list[str]:
+    """`brSF-p`, `frSF-p`: the schemes that take a flip probability p as a name suffix."""
+    return [f"{name}-p" for name, cls in fb.SCHEMES.items() if cls.takes_p]
+
+
+def _update_parts() -> str:
+    """The update rules, as method-string parts: "SGD, BM1, BM2, BM3 (BM = BM1)"."""
+    return f"{', '.join(UPDATE_RULES)} ({UPDATE_RULES.hint})"
+
+
 def parse_method(text: str, **scheme_options) -> MethodSpec:
     """Parse a method string such as "uSF+BN+BM", "brSF-25+BN+BM", "RndF+BN@bottom".
 
@@ -97,10 +106,11 @@ def parse_method(text: str, **scheme_options) -> MethodSpec:
     scheme, p, bn, update, wn = None, None, False, None, False
     for i, part in enumerate(parts):
         low = part.lower()
-        if low in _UPDATE_PARTS:
+        if part in UPDATE_RULES:
             if update is not None:
-                raise AsymbpError(f"two update rules in {raw!r}; give at most one of SGD, BM, BM1, BM2, BM3")
-            update = _UPDATE_PARTS[low]
+                raise AsymbpError(f"two update rules in {raw!r}; give at most one of "
+                                  f"{_update_parts()}")
+            update = UPDATE_RULES.canonical(part)
         elif low == "bn":
             if bn:
                 raise AsymbpError(f"'BN' appears twice in {raw!r}")
@@ -111,7 +121,7 @@ def parse_method(text: str, **scheme_options) -> MethodSpec:
             wn = True
         else:
             if i != 0 or scheme is not None:
-                valid = ", ".join(fb.scheme_names()) + ", brSF-p, frSF-p, BN, BM, BM1, BM2, BM3, WN, SGD"
+                valid = ", ".join([*fb.scheme_names(), *_flip_forms(), "BN", _update_parts(), "WN"])
                 raise AsymbpError(
                     f"unknown part {part!r} in method {raw!r}; valid parts: {valid} "
                     f"(the scheme comes first: {GRAMMAR})"
@@ -155,7 +165,8 @@ def describe() -> str:
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         lines.append(f"  {cls.name:<7} {doc}")
     lines += [
-        "  brSF-p / frSF-p   p = 0..100: the percentage of feedback signs that disagree with W",
+        f"  {' / '.join(_flip_forms())}   p = 0..100: the percentage of feedback signs that "
+        "disagree with W",
         "",
         "Other parts:",
         "  BN      batch normalisation after each conv / hidden fc (affine only with BP)",

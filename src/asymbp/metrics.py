@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .feedback import BP
 from .layers import asym_layers
 
 
@@ -56,18 +57,10 @@ def layer_alignment(model: nn.Module) -> list[dict]:
 @contextlib.contextmanager
 def symmetric(model: nn.Module):
     """Temporarily give every asymmetric layer V = W (true backprop); the schemes come back."""
-    from .feedback import BP
-
-    saved = []
-    for _, layer in asym_layers(model):
-        saved.append((layer, layer.feedback))
-        # Assigned through __dict__ so the module tree (and state_dict) never sees the swap.
-        layer._modules["feedback"] = BP(layer.weight, 0)
-    try:
+    with contextlib.ExitStack() as stack:
+        for _, layer in asym_layers(model):
+            stack.enter_context(layer.feedback_swapped(BP(layer.weight, 0)))
         yield model
-    finally:
-        for layer, f in saved:
-            layer._modules["feedback"] = f
 
 
 def _error_signals(model: nn.Module, x: Tensor, y: Tensor, loss_fn) -> dict[str, Tensor]:

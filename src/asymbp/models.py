@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import AsymbpError, unknown
+from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -27,14 +28,14 @@ class ModelInfo:
     description: str
 
 
-MODELS: dict[str, ModelInfo] = {}
+MODELS: Registry[ModelInfo] = Registry("model")
 
 
 def register(key: str, in_channels: int | None, image_size: int | None, description: str):
     """Decorator: register a network builder `fn(num_classes, in_channels, image_size, norm)`."""
 
     def deco(fn):
-        MODELS[key] = ModelInfo(key, fn, in_channels, image_size, description)
+        MODELS.register(key, ModelInfo(key, fn, in_channels, image_size, description))
         return fn
 
     return deco
@@ -45,17 +46,16 @@ def build(key: str, num_classes: int, in_channels: int | None = None,
     """Build the network `key` (a plain PyTorch model; convert it to a scheme afterwards).
 
     Arguments:
-        key: one of `MODELS` (mnist, cifar, svhn, large, mlp, resnet20, resnet18).
+        key: one of `MODELS` (mnist, cifar, svhn, large, mlp, resnet20, resnet18; any case).
         num_classes: classifier outputs.
         in_channels: input channels (images) or input features (`mlp`); default: the table's.
         image_size: input height = width; default: the table's.
         bn, bn_affine: batch normalisation before every ReLU, with or without scale and shift.
     """
-    if key not in MODELS:
-        raise unknown("model", key, MODELS)
+    info = MODELS[key]
+    key = info.key
     if int(num_classes) < 2:
         raise AsymbpError(f"num_classes must be >= 2, got {num_classes}")
-    info = MODELS[key]
     in_channels = in_channels or info.in_channels
     if in_channels is None:
         raise AsymbpError(f"model {key!r} needs in_channels (the input vector's length)")
@@ -113,12 +113,11 @@ def _min_image_size(key: str, channels: int) -> int | None:
 def check_fit(key: str, input_shape: tuple[int, ...], dataset: str = "the dataset") -> None:
     """Raise a one-line error unless network `key` takes `dataset`'s inputs of `input_shape`
     ((C, H, W) or (D,)), naming the networks that do: before a run builds anything."""
-    if key not in MODELS:
-        raise unknown("model", key, MODELS)
+    info = MODELS[key]
+    key = info.key
     shape = tuple(int(n) for n in input_shape)
     if fits(key, shape):
         return
-    info = MODELS[key]
     valid = [k for k in MODELS if k != key and fits(k, shape)]
     has = _shape_text(shape)
     table = (f"{info.in_channels}×{info.image_size}×{info.image_size} images"

@@ -18,10 +18,11 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .errors import AsymbpError, unknown
+from .errors import AsymbpError
+from .registry import Registry
 
 # name -> (optimizer class, constructor kwargs): the update rules of method strings
-UPDATE_RULES: dict[str, tuple[type[Optimizer], dict]] = {}
+UPDATE_RULES: Registry[tuple[type[Optimizer], dict]] = Registry("update rule", hint="BM = BM1")
 
 
 def _check(lr, momentum, weight_decay):
@@ -128,21 +129,14 @@ class BatchManhattan(Optimizer):
         return loss
 
 
-UPDATE_RULES.update({
-    "SGD": (SGD, {}),
-    "BM1": (BatchManhattan, {"setting": 1}),
-    "BM2": (BatchManhattan, {"setting": 2}),
-    "BM3": (BatchManhattan, {"setting": 3}),
-})
+UPDATE_RULES.register("SGD", (SGD, {}))
+UPDATE_RULES.register("BM1", (BatchManhattan, {"setting": 1}), aliases=("BM",))
+UPDATE_RULES.register("BM2", (BatchManhattan, {"setting": 2}))
+UPDATE_RULES.register("BM3", (BatchManhattan, {"setting": 3}))
 
 
 def make_optimizer(update: str, params, lr: float, momentum: float = 0.9,
                    weight_decay: float = 5e-4) -> Optimizer:
-    """The optimizer of an update rule name (`SGD`, `BM1`, `BM2`, `BM3`)."""
-    key = update.upper()
-    if key == "BM":
-        key = "BM1"
-    if key not in UPDATE_RULES:
-        raise unknown("update rule", update, list(UPDATE_RULES) + ["BM"])
-    cls, extra = UPDATE_RULES[key]
+    """The optimizer of an update rule name (`SGD`, `BM` = `BM1`, `BM2`, `BM3`; any case)."""
+    cls, extra = UPDATE_RULES[update]
     return cls(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **extra)

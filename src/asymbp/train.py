@@ -36,13 +36,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import data as datasets
-from . import metrics as M
+from . import metrics
 from . import models
 from ._provenance import provenance
 from .convert import convert
 from .distributed import data_parallel, local_device
 from .errors import AsymbpError
-from .feedback import mirror_step
+from .feedback import MirrorSchedule
 from .hardware import check_device_name
 from .layers import asym_layers, renormalize
 from .methods import MethodSpec, parse_method
@@ -505,10 +505,9 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
     n = len(tensors.x_train)
     base = cfg.base_lr * cfg.lr_mult
     eval_batch = int(cfg.eval_batch_size or (250 if device.type == "cpu" else 1000))
-    mirrored = any(getattr(l.feedback, "mirrored", False) for _, l in asym_layers(model))
-    steps_done = 0
-    if mirrored and start_epoch == 1:
-        mirror_step(model, int(cfg.mirror_warmup))
+    mirrors = MirrorSchedule.from_config(model, cfg)  # WM's mirror steps (none without WM)
+    if start_epoch == 1:
+        mirrors.warmup()
     for epoch in range(start_epoch, int(cfg.epochs) + 1):
         if diverged_epoch is not None:
             break
@@ -539,9 +538,7 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
             optimizer.step()
             if spec.weight_norm:
                 renormalize(model)
-            steps_done += 1
-            if mirrored and steps_done % int(cfg.mirror_every) == 0:
-                mirror_step(model, int(cfg.mirror_steps))  # WM: V learns from noise, off-task
+            mirrors.after_step()
             loss_sum += loss.detach()
             wrong += (out.detach().argmax(1) != yb).sum()
         if dp is not None:
@@ -594,7 +591,7 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
 
 
 def _alignment(model: nn.Module, t: Tensors, cfg: TrainConfig) -> list[dict]:
-    rows = {r["layer"]: r for r in M.layer_alignment(model)}
+    rows = {r["layer"]: r for r in metrics.layer_alignment(model)}
     if all(layer.feedback.symmetric for _, layer in asym_layers(model)):
         for r in rows.values():
             r["grad_angle"] = 0.0  # V = W everywhere: the error signals are backprop's
@@ -602,7 +599,7 @@ def _alignment(model: nn.Module, t: Tensors, cfg: TrainConfig) -> list[dict]:
     was = model.training
     model.eval()
     n = min(len(t.x_train), cfg.batch_size)
-    for r in M.error_signal_alignment(model, t.x_train[:n], t.y_train[:n]):
+    for r in metrics.error_signal_alignment(model, t.x_train[:n], t.y_train[:n]):
         rows[r["layer"]]["grad_angle"] = r["grad_angle"]
     model.train(was)
     return list(rows.values())

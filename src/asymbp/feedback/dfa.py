@@ -17,11 +17,11 @@ Weight and bias gradients stay exact and local (dE/dW = g xᵀ with the g that a
 classifier's g is e itself, so it learns as in BP. C is the number of classes.
 
 How e reaches every layer. `asymbp.convert(model, "DFA")` puts a forward pre-hook and a forward
-hook on the root model. Each forward of the model opens a fresh `_Slot`; every DFA layer that
-runs inside it keeps a reference to the slot; the root's forward hook registers a tensor hook on
-the output that stores e in the slot. That hook runs first in the backward, before any layer's,
-so each layer reads the e of its own forward (several forwards before one backward are fine).
-The model must return its logits as one tensor.
+hook on the root model (`DirectFeedbackAlignment.prepare_model`). Each forward of the model opens
+a fresh `_Slot`; every DFA layer that runs inside it keeps a reference to the slot; the root's
+forward hook registers a tensor hook on the output that stores e in the slot. That hook runs
+first in the backward, before any layer's, so each layer reads the e of its own forward (several
+forwards before one backward are fine). The model must return its logits as one tensor.
 
 A DFA layer used on its own (`AsymLinear(..., scheme="DFA")`, no converted root around it) is
 its own output layer: e = g (a conv's g summed over positions, the adjoint of the broadcast),
@@ -43,8 +43,9 @@ import threading
 import torch
 from torch import Tensor, nn
 
-from .errors import AsymbpError
-from .feedback import Feedback, _cpu_generator, register
+from ..errors import AsymbpError
+from ..rng import cpu_generator
+from .base import Feedback, eager, install_model_hooks, register
 
 
 class _Slot:
@@ -65,12 +66,12 @@ def _open_slots() -> list[_Slot]:
     return _active.stack
 
 
-@torch.compiler.disable
+@eager
 def _root_pre_hook(module, args):
     _open_slots().append(_Slot())
 
 
-@torch.compiler.disable
+@eager
 def _root_hook(module, args, output):
     slots = _open_slots()
     slot = slots.pop() if slots else None
@@ -83,26 +84,6 @@ def _root_hook(module, args, output):
         def store(g: Tensor) -> None:
             slot.e = g.detach().reshape(g.shape[0], -1) if g.dim() != 2 else g.detach()  # (N, C)
         output.register_hook(store)
-
-
-_HOOKS_ATTR = "_asymbp_dfa_hooks"
-
-
-def install(model: nn.Module) -> None:
-    """Put the output-error hooks on the root `model` (idempotent; done by `asymbp.convert`)."""
-    if getattr(model, _HOOKS_ATTR, None):
-        return
-    handles = (model.register_forward_pre_hook(_root_pre_hook),
-               model.register_forward_hook(_root_hook))
-    object.__setattr__(model, _HOOKS_ATTR, handles)
-
-
-def uninstall(model: nn.Module) -> None:
-    """Remove the hooks `install` put on `model` (when it is converted to another scheme)."""
-    for h in getattr(model, _HOOKS_ATTR, None) or ():
-        h.remove()
-    if _HOOKS_ATTR in model.__dict__:
-        del model.__dict__[_HOOKS_ATTR]
 
 
 def infer_num_classes(model: nn.Module) -> int:
@@ -182,7 +163,7 @@ class DirectFeedbackAlignment(Feedback):
     Options: `num_classes` C (given by `convert`: the model's output size; alone: the layer's
     out_features), `scale` (1.0), `spatial` ("mean": a conv input receives B e / (H·W) at every
     position, the adjoint of a global average pool; "sum": B e itself at every position — at
-    lr multiplier 1 it diverges on the mnist net). See `asymbp.dfa` for the plumbing.
+    lr multiplier 1 it diverges on the mnist net). The plumbing is above, in this module.
     """
 
     direct = True
@@ -197,19 +178,28 @@ class DirectFeedbackAlignment(Feedback):
             raise AsymbpError(f"unknown DFA spatial mode {spatial!r}; valid: mean, sum")
         self.num_classes, self.scale, self.spatial = C, float(scale), spatial
         n_in = W.shape[1]  # in_features, or C_in (groups = 1)
-        B = (torch.rand(n_in, C, generator=_cpu_generator(seed)) * 2 - 1) * (scale / math.sqrt(n_in))
+        B = (torch.rand(n_in, C, generator=cpu_generator(seed)) * 2 - 1) * (scale / math.sqrt(n_in))
         self.register_buffer("B", B.to(device=W.device, dtype=W.dtype))  # (in, C)
 
     @classmethod
     def options(cls):
         return ("num_classes", "scale", "spatial")
 
+    @classmethod
+    def prepare_model(cls, model: nn.Module, options: dict) -> dict:
+        """Every layer projects the model's output error (C = the output size, unless given),
+        which hooks on the root model capture at the start of each backward."""
+        if options.get("num_classes") is None:
+            options = {**options, "num_classes": infer_num_classes(model)}
+        install_model_hooks(model, _root_pre_hook, _root_hook)
+        return options
+
     def V(self, W: Tensor) -> Tensor:
         if W.shape == self.B.T.shape:
             return self.B.T  # the classifier (or a lone Linear): dE/dx = Vᵀ g with V = Bᵀ
         return torch.zeros_like(W)  # no error reaches x through g
 
-    @torch.compiler.disable
+    @eager
     def attach(self, y: Tensor, x: Tensor, conv: bool) -> Tensor:
         """y, with x's gradient replaced by B e. The layer's forward calls it with its own
         Function fed a detached x, so no Vᵀ g is computed."""
