@@ -317,10 +317,8 @@ def test_mirror_from_environment_must_be_a_url(tmp_path, monkeypatch):
         download("mnist", tmp_path, progress=False, log=lambda *_: None)
 
 
-def test_file_mirror_is_a_url(tmp_path, monkeypatch):
+def test_file_mirror_is_a_url(tmp_path, monkeypatch, pin, write_mnist):
     from asymbp.data import download as dl
-    from test_data_download import pin
-    from test_data_formats import write_mnist
 
     write_mnist(tmp_path / "mirror" / "mnist")
     pin(monkeypatch, "mnist", tmp_path / "mirror" / "mnist", "sha256")

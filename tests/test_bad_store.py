@@ -24,7 +24,6 @@ from asymbp.experiments import plan
 from asymbp.feedback import SCHEMES
 from asymbp.sweep import checkpoint_dir, lock_path, sweep, take_lock
 from asymbp.train import train
-from test_store import epoch, result, some_runs
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -46,22 +45,6 @@ def npz(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "blobs.npz"
     np.savez(path, x_train=x[:60], y_train=y[:60], x_test=x[60:], y_test=y[60:])
     return f"npz:{path}"
-
-
-def results_db(path: Path, keep_open: bool = False):
-    """A results database with 4 planned runs (experiment "grid"), one finished with 2 epochs;
-    returns the open Store when `keep_open` (its -wal then still holds everything)."""
-    runs = some_runs(path.parent)
-    s = store.Store(path)
-    s.add_runs(runs)
-    s.start(runs[0].key, "h", "cpu", "0.1.0", "abc")
-    s.add_epoch(runs[0].key, epoch(1))
-    s.add_epoch(runs[0].key, epoch(2))
-    s.finish(runs[0].key, result(3.0))
-    if keep_open:
-        return s
-    s.close()
-    return None
 
 
 # ---- files that are not asymbp databases ----------------------------------------------------
@@ -109,7 +92,7 @@ def test_loading_a_file_that_is_not_an_asymbp_database_is_an_asymbp_error(tmp_pa
             load(db)
 
 
-def test_a_name_with_uri_characters_is_read(tmp_path):
+def test_a_name_with_uri_characters_is_read(tmp_path, results_db):
     db = tmp_path / "runs?v=1#x %20.db"
     results_db(db)
     assert len(store.load(db)) == 4 and store.check(db) == store.SCHEMA_VERSION
@@ -118,7 +101,7 @@ def test_a_name_with_uri_characters_is_read(tmp_path):
 # ---- --out folders ---------------------------------------------------------------------------
 
 
-def test_table_and_report_out_make_missing_folders(tmp_path, capsys):
+def test_table_and_report_out_make_missing_folders(tmp_path, capsys, results_db):
     db = tmp_path / "r.db"
     results_db(db)
     out = tmp_path / "a" / "b" / "table.md"
@@ -217,7 +200,7 @@ def _nobody_works() -> str:
 
 
 @pytest.fixture(scope="module", params=["read-only mount", "non-root user"])
-def readonly_world(request):
+def readonly_world(request, results_db):
     """Databases in four situations, seen read-only by a separate process:
 
     rodir/r.db    a finished WAL database in a read-only folder (no -wal left)
@@ -414,7 +397,7 @@ def _one_run(npz, epochs=2):
 
 
 @pytest.mark.slow
-def test_a_sweep_restarts_a_run_whose_checkpoint_is_corrupt(tmp_path, npz):
+def test_a_sweep_restarts_a_run_whose_checkpoint_is_corrupt(tmp_path, npz, epoch):
     db = tmp_path / "r.db"
     runs = _one_run(npz)
     key = runs[0].key
@@ -452,7 +435,7 @@ def test_a_held_lock_refuses_a_second_sweep_in_one_line(tmp_path, capsys, npz):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.db.lock"]  # no database written
 
 
-def test_a_stale_lock_file_does_not_block_a_sweep(tmp_path, npz):
+def test_a_stale_lock_file_does_not_block_a_sweep(tmp_path, npz, result):
     db = tmp_path / "r.db"
     lock_path(db).write_text("pid 999999 on a-dead-host")  # what kill -9 leaves: a file
     store.Store(db).close()

@@ -3,8 +3,6 @@ with Range, a wrong checksum, a truncated transfer; and the `asymbp datasets` ta
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import http.server
 import threading
 from functools import partial
@@ -17,7 +15,6 @@ from asymbp.cli import main
 from asymbp.data import load
 from asymbp.data import download as dl
 from asymbp.errors import AsymbpError
-from test_data_formats import write_cifar, write_mnist
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -65,19 +62,7 @@ def server(tmp_path):
     httpd.server_close()
 
 
-def pin(monkeypatch, key: str, folder: Path, algo: str = "md5", wrong: str | None = None):
-    """Pin SOURCES[key] to the checksums of the files served from `folder`."""
-    remotes = []
-    for r in dl.SOURCES[key]:
-        digest = hashlib.new(algo, (folder / r.name).read_bytes()).hexdigest()
-        if r.name == wrong:
-            digest = "0" * len(digest)
-        fields = {"md5": digest, "sha256": None} if algo == "md5" else {"md5": None, "sha256": digest}
-        remotes.append(dataclasses.replace(r, **fields))
-    monkeypatch.setitem(dl.SOURCES, key, remotes)
-
-
-def test_download_verify_and_load(tmp_path, server, monkeypatch):
+def test_download_verify_and_load(tmp_path, server, monkeypatch, pin, write_mnist):
     mirror, url = server
     d = write_mnist(mirror / "mnist")
     pin(monkeypatch, "mnist", mirror / "mnist", "sha256")
@@ -95,7 +80,7 @@ def test_download_verify_and_load(tmp_path, server, monkeypatch):
     assert Handler.ranges == []
 
 
-def test_mirror_from_environment(tmp_path, server, monkeypatch):
+def test_mirror_from_environment(tmp_path, server, monkeypatch, pin, write_cifar):
     mirror, url = server
     write_cifar(mirror / "cifar10")
     pin(monkeypatch, "cifar10", mirror / "cifar10")
@@ -105,7 +90,7 @@ def test_mirror_from_environment(tmp_path, server, monkeypatch):
     assert load("cifar10").x_train.shape == (100, 3, 32, 32)
 
 
-def test_wrong_checksum_is_named_and_not_kept(tmp_path, server, monkeypatch):
+def test_wrong_checksum_is_named_and_not_kept(tmp_path, server, monkeypatch, pin, write_mnist):
     mirror, url = server
     write_mnist(mirror / "mnist")
     pin(monkeypatch, "mnist", mirror / "mnist", wrong="t10k-images-idx3-ubyte.gz")
@@ -118,7 +103,7 @@ def test_wrong_checksum_is_named_and_not_kept(tmp_path, server, monkeypatch):
     assert not (data / "mnist" / "t10k-images-idx3-ubyte.gz.part").exists()
 
 
-def test_truncated_transfer_then_resume(tmp_path, server, monkeypatch):
+def test_truncated_transfer_then_resume(tmp_path, server, monkeypatch, pin, write_cifar):
     mirror, url = server
     write_cifar(mirror / "cifar10")
     pin(monkeypatch, "cifar10", mirror / "cifar10")
@@ -137,7 +122,7 @@ def test_truncated_transfer_then_resume(tmp_path, server, monkeypatch):
         mirror / "cifar10" / "cifar-10-python.tar.gz").read_bytes()
 
 
-def test_server_without_range_starts_over(tmp_path, server, monkeypatch):
+def test_server_without_range_starts_over(tmp_path, server, monkeypatch, pin, write_cifar):
     mirror, url = server
     write_cifar(mirror / "cifar10")
     pin(monkeypatch, "cifar10", mirror / "cifar10")
@@ -164,7 +149,7 @@ def test_missing_data_through_asymbp_run(tmp_path, capsys):
     assert "\n" not in err and "asymbp datasets download cifar10" in err and str(tmp_path) in err
 
 
-def test_corrupt_file_already_there(tmp_path, monkeypatch):
+def test_corrupt_file_already_there(tmp_path, monkeypatch, pin, write_mnist):
     data = tmp_path / "data"
     write_mnist(data / "mnist")
     pin(monkeypatch, "mnist", data / "mnist")
@@ -201,7 +186,7 @@ def test_every_pinned_checksum_is_well_formed():
                 assert len(r.sha256) == 64 and r.pin
 
 
-def test_datasets_table(tmp_path, capsys, monkeypatch):
+def test_datasets_table(tmp_path, capsys, monkeypatch, write_mnist):
     write_mnist(tmp_path / "mnist", gz=False)  # gunzipped: no pinned checksum to compare
     (tmp_path / "cifar10").mkdir()
     (tmp_path / "cifar10" / "cifar-10-python.tar.gz").write_bytes(b"not the archive")
@@ -221,7 +206,7 @@ def test_datasets_table(tmp_path, capsys, monkeypatch):
     assert set(PAPER_DATASETS.values()) <= set(DATASETS)
 
 
-def test_status_follows_the_sources_not_the_cache(tmp_path):
+def test_status_follows_the_sources_not_the_cache(tmp_path, write_mnist):
     write_mnist(tmp_path / "mnist", gz=False)
     load("mnist", tmp_path)
     assert dl.status("mnist", tmp_path) == ("ready", "source files present, preprocessed cache built")

@@ -1,17 +1,13 @@
 """Every dataset format, written in its real on-disk format to a temporary folder and loaded
 through `asymbp.data.load`, the path users hit; plus the cache and bad input.
 
-The writer functions here are imported by the other test_data_* modules.
+The writers of each format are conftest.py's fixtures (the other test_data_* modules use them too).
 """
 
 from __future__ import annotations
 
 import gzip
-import io
-import pickle
-import tarfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,150 +20,10 @@ from asymbp.errors import AsymbpError
 RNG = np.random.default_rng(0)
 
 
-# --- writers, each producing the files exactly as the original source distributes them -------
-
-def write_idx(path: Path, a: np.ndarray) -> None:
-    """IDX: 0, 0, dtype 0x08 (ubyte), ndim; the sizes as big-endian uint32; then the bytes."""
-    raw = bytes([0, 0, 0x08, a.ndim]) + np.array(a.shape, ">u4").tobytes() + a.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
-
-
-def write_mnist(root: Path, n_train=60, n_test=20, gz=True) -> dict:
-    root.mkdir(parents=True, exist_ok=True)
-    ext = ".gz" if gz else ""
-    d = {}
-    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
-        x = RNG.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        y = np.arange(n) % 10
-        write_idx(root / f"{prefix}-images-idx3-ubyte{ext}", x)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte{ext}", y)
-        d[split] = (x, y)
-    return d
-
-
-def tar_folder(archive: Path, folder: Path, arcname: str) -> None:
-    with tarfile.open(archive, "w:gz" if archive.name.endswith("gz") else "w") as t:
-        t.add(folder, arcname=arcname)
-
-
-def write_cifar(root: Path, hundred=False, packed=True, n=20) -> dict:
-    folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
-    folder.mkdir(parents=True)
-    field = b"fine_labels" if hundred else b"labels"
-    names = ["train"] if hundred else [f"data_batch_{i}" for i in range(1, 6)]
-    out = {}
-    for name in names + ["test" if hundred else "test_batch"]:
-        x = RNG.integers(0, 256, (n, 3072), dtype=np.uint8)
-        y = list(RNG.integers(0, 100 if hundred else 10, n))
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"data": x, field: y, b"batch_label": name.encode()}, f, protocol=2)
-        out[name] = (x, y)
-    if packed:
-        tar_folder(root / f"{'cifar-100' if hundred else 'cifar-10'}-python.tar.gz", folder, folder.name)
-        import shutil
-
-        shutil.rmtree(folder)
-    return out
-
-
-def write_svhn(root: Path, n=30) -> dict:
-    root.mkdir(parents=True)
-    out = {}
-    for split in ("train", "test"):
-        x = RNG.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
-        y = (np.arange(n) % 10 + 1).reshape(-1, 1).astype(np.uint8)  # 1..10, 10 = digit 0
-        scipy.io.savemat(root / f"{split}_32x32.mat", {"X": x, "y": y})
-        out[split] = (x, y)
-    return out
-
-
-def write_stl10(root: Path, n=12) -> dict:
-    folder = root / "stl10_binary"
-    folder.mkdir(parents=True)
-    out = {}
-    for split in ("train", "test"):
-        x = RNG.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8)  # (N, C, H, W)
-        # Stored column-major per channel: write (N, C, W, H) row-major.
-        (folder / f"{split}_X.bin").write_bytes(x.transpose(0, 1, 3, 2).tobytes())
-        (folder / f"{split}_y.bin").write_bytes((np.arange(n) % 10 + 1).astype(np.uint8).tobytes())
-        out[split] = x
-    (folder / "unlabeled_X.bin").write_bytes(b"\0" * (3 * 96 * 96))
-    tar_folder(root / "stl10_binary.tar.gz", folder, "stl10_binary")
-    import shutil
-
-    shutil.rmtree(folder)
-    return out
-
-
-def write_image(path: Path, size=(6, 5), gray=False, color=None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "L" if gray else "RGB"
-    arr = RNG.integers(0, 256, (size[1], size[0]) + (() if gray else (3,)), dtype=np.uint8)
-    if color is not None:
-        arr[...] = color
-    Image.fromarray(arr, mode).save(path)
-
-
-_ENCODED: dict[tuple[str, bool, int], bytes] = {}
-
-
-def encoded(ext: str, gray: bool, variant: int) -> bytes:
-    """A small real image file's bytes (a few variants, encoded once: trees of thousands stay fast)."""
-    k = (ext, gray, variant)
-    if k not in _ENCODED:
-        buf = io.BytesIO()
-        arr = np.random.default_rng(variant).integers(0, 256, (5, 6) + (() if gray else (3,)), dtype=np.uint8)
-        Image.fromarray(arr, "L" if gray else "RGB").save(buf, format=Image.registered_extensions()[ext])
-        _ENCODED[k] = buf.getvalue()
-    return _ENCODED[k]
-
-
-def write_tree(base: Path, counts: dict[str, int], ext=".jpg", gray_every=4) -> None:
-    """One folder per class with `counts[class]` images (some grayscale, JPEG and PNG mixed)."""
-    for c, n in counts.items():
-        (base / c).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            e = ext if i % 3 else ".png"
-            (base / c / f"{c}_{i:04d}{e}").write_bytes(encoded(e, i % gray_every == 0, i % 7))
-
-
-def write_flowers102(root: Path, n=16, packed=True) -> dict:
-    root.mkdir(parents=True)
-    labels = (np.arange(n) % 4 + 1).reshape(1, -1)  # classes 1..4
-    for i in range(1, n + 1):
-        write_image(root / "jpg" / f"image_{i:05d}.jpg")
-    ids = np.arange(1, n + 1)
-    trn, val, tst = ids[0::4], ids[1::4], ids[np.isin(ids % 4, [3, 0])]
-    scipy.io.savemat(root / "imagelabels.mat", {"labels": labels})
-    scipy.io.savemat(root / "setid.mat", {"trnid": trn.reshape(1, -1), "valid": val.reshape(1, -1),
-                                          "tstid": tst.reshape(1, -1)})
-    if packed:
-        tar_folder(root / "102flowers.tgz", root / "jpg", "jpg")
-        import shutil
-
-        shutil.rmtree(root / "jpg")
-    return {"labels": labels.ravel(), "trn": trn, "val": val, "tst": tst}
-
-
-def write_flowers17(root: Path) -> dict:
-    """Images of classes 0, 1, 16 only (ids 1..80, 81..160, 1281..1360), split 1 over them."""
-    root.mkdir(parents=True)
-    trn, val, tst = [], [], []
-    for c in (0, 1, 16):
-        ids = np.arange(c * 80 + 1, c * 80 + 7)  # 6 images of the class used by split 1
-        trn += list(ids[:3]); val += list(ids[3:4]); tst += list(ids[4:6])  # noqa: E702
-        for i in ids:
-            write_image(root / "jpg" / f"image_{i:04d}.jpg")
-    d = {f"{k}{s}": np.array(v).reshape(1, -1) for s in (1, 2, 3)
-         for k, v in (("trn", trn), ("val", val), ("tst", tst))}
-    scipy.io.savemat(root / "datasplits.mat", d)
-    return {"trn": trn, "val": val, "tst": tst}
-
-
 # --- each format through load() ---------------------------------------------------------------
 
 @pytest.mark.parametrize("gz", [True, False])
-def test_mnist_idx(tmp_path, gz):
+def test_mnist_idx(tmp_path, gz, write_mnist):
     d = write_mnist(tmp_path / "mnist", gz=gz)
     ds = load("mnist", tmp_path)
     assert ds.x_train.shape == (60, 1, 28, 28) and ds.x_test.shape == (20, 1, 28, 28)
@@ -179,7 +35,7 @@ def test_mnist_idx(tmp_path, gz):
 
 @pytest.mark.parametrize("hundred", [False, True])
 @pytest.mark.parametrize("packed", [True, False])
-def test_cifar_pickles(tmp_path, hundred, packed):
+def test_cifar_pickles(tmp_path, hundred, packed, write_cifar):
     key = "cifar100" if hundred else "cifar10"
     d = write_cifar(tmp_path / key, hundred, packed)
     ds = load(key, tmp_path)
@@ -191,7 +47,7 @@ def test_cifar_pickles(tmp_path, hundred, packed):
     assert (ds.num_classes, ds.model) == ((100, "cifar") if hundred else (10, "cifar"))
 
 
-def test_svhn_mat(tmp_path):
+def test_svhn_mat(tmp_path, write_svhn):
     d = write_svhn(tmp_path / "svhn")
     ds = load("svhn", tmp_path)
     assert ds.x_train.shape == (30, 3, 32, 32) and ds.model == "svhn"
@@ -199,7 +55,7 @@ def test_svhn_mat(tmp_path):
     assert ds.y_train[9] == 0 and ds.y_train[0] == 1  # label 10 is the digit 0
 
 
-def test_stl10_binary(tmp_path):
+def test_stl10_binary(tmp_path, write_stl10):
     d = write_stl10(tmp_path / "stl10")
     ds = load("stl10", tmp_path)
     assert ds.x_train.shape == (12, 3, 119, 119) and ds.model == "large"
@@ -211,7 +67,7 @@ def test_stl10_binary(tmp_path):
 
 
 @pytest.mark.parametrize("packed", [True, False])
-def test_flowers102_split_files(tmp_path, packed):
+def test_flowers102_split_files(tmp_path, packed, write_flowers102):
     d = write_flowers102(tmp_path / "flowers102", packed=packed)
     ds = load("flowers102", tmp_path)
     assert len(ds.y_train) == len(d["trn"]) + len(d["val"]) and len(ds.y_test) == len(d["tst"])
@@ -220,21 +76,21 @@ def test_flowers102_split_files(tmp_path, packed):
     np.testing.assert_array_equal(ds.y_train, d["labels"][ids - 1] - 1)
 
 
-def test_flowers17_split_files(tmp_path):
+def test_flowers17_split_files(tmp_path, write_flowers17):
     d = write_flowers17(tmp_path / "flowers17")
     ds = load("flowers17", tmp_path)
     assert len(ds.y_train) == len(d["trn"]) + len(d["val"]) and len(ds.y_test) == len(d["tst"])
     assert sorted(set(ds.y_train)) == [0, 1, 16] and ds.num_classes == 17
 
 
-def test_image_tree_grayscale_lifted(tmp_path):
+def test_image_tree_grayscale_lifted(tmp_path, write_tree):
     write_tree(tmp_path / "lfw-id" / "lfw", {f"person_{i:02d}": 15 for i in range(80)}, gray_every=1)
     ds = load("lfw-id", tmp_path)
     assert ds.x_train.shape == (800, 3, 119, 119) and ds.x_test.shape == (400, 3, 119, 119)
     assert np.array_equal(ds.x_train[:, 0], ds.x_train[:, 1])  # grayscale -> 3 equal channels
 
 
-def test_icub_train_test_folders(tmp_path):
+def test_icub_train_test_folders(tmp_path, write_tree):
     base = tmp_path / "icub" / "iCubWorld1.0" / "human"
     write_tree(base / "train", {c: 3 for c in ("book", "cup", "phone")}, ext=".ppm")
     write_tree(base / "test", {c: 2 for c in ("book", "cup", "phone")}, ext=".ppm")
@@ -257,7 +113,7 @@ def test_timit_npz(tmp_path):
 
 # --- the cache --------------------------------------------------------------------------------
 
-def test_cache_hit_rebuild_and_nothing_half_written(tmp_path, monkeypatch):
+def test_cache_hit_rebuild_and_nothing_half_written(tmp_path, monkeypatch, write_mnist):
     from asymbp.data import idx
 
     write_mnist(tmp_path / "mnist")
@@ -277,7 +133,7 @@ def test_cache_hit_rebuild_and_nothing_half_written(tmp_path, monkeypatch):
     assert not np.array_equal(a.x_train, c.x_train)
 
 
-def test_failed_build_leaves_no_cache(tmp_path):
+def test_failed_build_leaves_no_cache(tmp_path, write_mnist):
     write_mnist(tmp_path / "mnist")
     p = tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz"
     p.write_bytes(p.read_bytes()[:-8])  # truncated gzip
@@ -311,7 +167,7 @@ def test_wrong_files(tmp_path):
     assert "train-images-idx3-ubyte.gz" in msg and "asymbp datasets download mnist" in msg
 
 
-def test_bad_idx_header(tmp_path):
+def test_bad_idx_header(tmp_path, write_mnist):
     write_mnist(tmp_path / "mnist")
     (tmp_path / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x01\x02\x03\x04rest"))
     with pytest.raises(AsymbpError) as err:
@@ -319,7 +175,7 @@ def test_bad_idx_header(tmp_path):
     assert "train-images-idx3-ubyte.gz" in one_line(err) and "IDX" in str(err.value)
 
 
-def test_corrupt_archive(tmp_path):
+def test_corrupt_archive(tmp_path, write_cifar):
     write_cifar(tmp_path / "cifar10")
     arch = tmp_path / "cifar10" / "cifar-10-python.tar.gz"
     arch.write_bytes(arch.read_bytes()[: arch.stat().st_size // 2])
@@ -331,7 +187,7 @@ def test_corrupt_archive(tmp_path):
     assert not [p for p in (tmp_path / "cifar10").iterdir() if p.name.startswith(".unpack")]
 
 
-def test_corrupt_pickle(tmp_path):
+def test_corrupt_pickle(tmp_path, write_cifar):
     write_cifar(tmp_path / "cifar10", packed=False)
     (tmp_path / "cifar10" / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(AsymbpError) as err:
@@ -339,7 +195,7 @@ def test_corrupt_pickle(tmp_path):
     assert "data_batch_3" in one_line(err)
 
 
-def test_image_that_will_not_decode(tmp_path):
+def test_image_that_will_not_decode(tmp_path, write_tree):
     write_tree(tmp_path / "lfw-id" / "lfw", {f"p{i:02d}": 15 for i in range(80)})
     bad = tmp_path / "lfw-id" / "lfw" / "p07" / "p07_0001.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
@@ -371,7 +227,7 @@ def test_svhn_wrong_mat(tmp_path):
     assert "train_32x32.mat" in one_line(err)
 
 
-def test_nested_official_archive_caltech101_zip(tmp_path):
+def test_nested_official_archive_caltech101_zip(tmp_path, tar_folder, write_tree):
     """caltech-101.zip (data.caltech.edu) holds caltech-101/101_ObjectCategories.tar.gz: both
     layers are unpacked, by the same function the Caltech-101 loader calls."""
     import zipfile

@@ -8,7 +8,6 @@ import pytest
 from asymbp.data import load
 from asymbp.data._common import per_class_split
 from asymbp.data.folders import PUBFIG83
-from test_data_formats import write_tree
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +39,7 @@ def assert_protocol(ds, train, test, n_classes, n_train, n_test):
 
 
 @pytest.fixture(scope="module")
-def lfw_root(tmp_path_factory):
+def lfw_root(tmp_path_factory, write_tree):
     """84 identities with 15..17 images, plus 6 with fewer than 15 (never eligible)."""
     root = tmp_path_factory.mktemp("data")
     counts = {f"id_{i:02d}": 15 + i % 3 for i in range(84)} | {f"few_{i}": 14 for i in range(6)}
@@ -61,7 +60,7 @@ def test_lfw_id_protocol_and_seeds(lfw_root):
     assert ds1.meta["sample_sha1"] != ds0.meta["sample_sha1"]
 
 
-def test_caltech101_all_102_classes_30_10(tmp_path):
+def test_caltech101_all_102_classes_30_10(tmp_path, write_tree):
     counts = {f"class_{i:03d}": 41 for i in range(100)} | {"BACKGROUND_Google": 45, "inline_skate": 0}
     counts = {k: v for k, v in counts.items() if v}
     counts["inline_skate"] = 31  # Caltech-101's smallest class: 30 train, 1 test
@@ -74,7 +73,7 @@ def test_caltech101_all_102_classes_30_10(tmp_path):
     assert not set(tr) & set(te)
 
 
-def test_caltech256_101_samples_102_classes(tmp_path):
+def test_caltech256_101_samples_102_classes(tmp_path, write_tree):
     write_tree(tmp_path / "caltech256-101" / "256_ObjectCategories",
                {f"{i:03d}.thing{i}": 40 for i in range(1, 104)}, gray_every=9)
     tr, te, ds = sample(tmp_path, "caltech256-101", 0)
@@ -82,7 +81,7 @@ def test_caltech256_101_samples_102_classes(tmp_path):
     assert len(set(ds.meta["classes"])) == 102
 
 
-def test_sufrw_id_protocol(tmp_path):
+def test_sufrw_id_protocol(tmp_path, write_tree):
     write_tree(tmp_path / "sufrw-id" / "SUFR-W", {f"person{i}": 15 for i in range(81)})
     tr, te, ds = sample(tmp_path, "sufrw-id", 5)
     assert_protocol(ds, tr, te, 80, 10, 5)
@@ -102,7 +101,7 @@ def test_pubfig83_id_protocol():
     assert again == (classes, train, test) and other != again
 
 
-def test_pubfig83_id_end_to_end_small(tmp_path):
+def test_pubfig83_id_end_to_end_small(tmp_path, write_tree):
     """The loader finds an identity-per-folder tree and applies the 85 / 15 protocol."""
     from asymbp.errors import AsymbpError
 
@@ -112,7 +111,7 @@ def test_pubfig83_id_end_to_end_small(tmp_path):
 
 
 @pytest.fixture
-def scene_root(tmp_path):
+def scene_root(tmp_path, write_tree):
     base = tmp_path / "scene67" / "Images"
     classes = ["bar", "kitchen", "office"]
     write_tree(base, {c: 100 for c in classes}, gray_every=50)

@@ -7,32 +7,7 @@ import pytest
 
 from asymbp import store
 from asymbp.errors import AsymbpError
-from asymbp.experiments import plan, run_key
-
-CFG = {"model": "mlp", "epochs": 2}
-
-
-def some_runs(tmp_path, **kw):
-    import numpy as np
-
-    path = tmp_path / "d.npz"
-    x = np.zeros((4, 8), np.float32)
-    np.savez(path, x_train=x, y_train=np.arange(4) % 2, x_test=x, y_test=np.arange(4) % 2)
-    return plan(methods=["SGD", "uSF+BN"], datasets=[f"npz:{path}"], lr_mults=[10, 1],
-                base=CFG, **kw)
-
-
-def result(best, diverged=False):
-    return {"test_error": best + 1, "best_test_error": best, "best_epoch": 2,
-            "diverged": diverged, "diverged_epoch": 2 if diverged else None, "seconds": 1.5,
-            "params": 10, "version": "0.1.0", "commit": "abc", "host": "h"}
-
-
-def epoch(n, test=10.0):
-    return {"epoch": n, "lr": 0.005, "batch_size": 100, "train_loss": 0.5, "train_error": 20.0,
-            "test_error": test, "seconds": 0.1,
-            "alignment": [{"layer": "fc.0", "scheme": "uSF", "angle": 30.0 + n,
-                           "sign_concordance": 1.0, "norm_ratio": 0.5, "grad_angle": math.nan}]}
+from asymbp.experiments import run_key
 
 
 def test_new_database_is_wal_and_versioned(tmp_path):
@@ -46,7 +21,7 @@ def test_new_database_is_wal_and_versioned(tmp_path):
     assert store.check(db) == store.SCHEMA_VERSION
 
 
-def test_a_run_key_cannot_be_stored_twice(tmp_path):
+def test_a_run_key_cannot_be_stored_twice(tmp_path, some_runs):
     runs = some_runs(tmp_path)
     with store.Store(tmp_path / "r.db") as s:
         assert s.add_runs(runs) == 4
@@ -65,7 +40,7 @@ def test_run_key_ignores_where_a_run_executes_but_not_what_it_computes():
     assert run_key("A", base) != run_key("A", {**base, "epochs": 3})
 
 
-def test_views_have_the_contract_columns(tmp_path):
+def test_views_have_the_contract_columns(tmp_path, epoch, result, some_runs):
     db = tmp_path / "r.db"
     runs = some_runs(tmp_path)
     with store.Store(db) as s:
@@ -105,7 +80,7 @@ def test_empty_database_views(tmp_path):
     assert store.load(db).empty and store.load_epochs(db).empty and store.load_alignment(db).empty
 
 
-def test_an_older_schema_is_migrated_keeping_its_rows(tmp_path, monkeypatch):
+def test_an_older_schema_is_migrated_keeping_its_rows(tmp_path, monkeypatch, some_runs):
     db = tmp_path / "r.db"
     runs = some_runs(tmp_path)
     with store.Store(db) as s:
