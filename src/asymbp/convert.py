@@ -82,21 +82,7 @@ def convert(model: nn.Module, scheme: str = "BP", *, seed: int = 0, exclude: Ite
         _unsupported("", model)
 
     # Look at the whole model before changing anything: an error leaves it as it was.
-    targets, symmetric = [], []
-    for name, module in model.named_modules():
-        if name and _matches(name, exclude):
-            continue
-        if name and isinstance(module, _UNSUPPORTED):
-            _unsupported(name, module)
-        if name and isinstance(module, (nn.Linear, nn.Conv2d)):
-            targets.append(name)
-        elif not (targets and name.startswith(targets[-1] + ".")):  # not inside a target
-            symmetric += _kept_symmetric(name, module)  # (pre-order: its parts come next)
-    if not targets:
-        raise AsymbpError(
-            f"nothing to convert in {type(model).__name__}: it has no Linear or Conv2d layer"
-            f"{' outside exclude=' + repr(exclude) if exclude else ''}; valid layer types: "
-            "Linear, Conv2d (and AsymLinear, AsymConv2d, which get the new scheme)")
+    targets, symmetric = _targets(model, exclude)
     if symmetric:
         # stacklevel 2: the warning points at the caller's convert(...) line.
         warnings.warn(f"convert({type(model).__name__}, {scheme!r}): {len(symmetric)} weight(s) "
@@ -112,6 +98,27 @@ def convert(model: nn.Module, scheme: str = "BP", *, seed: int = 0, exclude: Ite
         setattr(parent, child, _convert_one(layer, scheme, layer_seed(seed, index), weight_norm,
                                             options))
     return model
+
+
+def _targets(model: nn.Module, exclude: list[str]) -> tuple[list[str], list[str]]:
+    """The names of the layers `convert` swaps, and the weights it leaves symmetric (described);
+    the one-line error for an unsupported layer or for nothing to convert."""
+    targets, symmetric = [], []
+    for name, module in model.named_modules():
+        if name and _matches(name, exclude):
+            continue
+        if name and isinstance(module, _UNSUPPORTED):
+            _unsupported(name, module)
+        if name and isinstance(module, (nn.Linear, nn.Conv2d)):
+            targets.append(name)
+        elif not (targets and name.startswith(targets[-1] + ".")):  # not inside a target
+            symmetric += _kept_symmetric(name, module)  # (pre-order: its parts come next)
+    if not targets:
+        raise AsymbpError(
+            f"nothing to convert in {type(model).__name__}: it has no Linear or Conv2d layer"
+            f"{' outside exclude=' + repr(exclude) if exclude else ''}; valid layer types: "
+            "Linear, Conv2d (and AsymLinear, AsymConv2d, which get the new scheme)")
+    return targets, symmetric
 
 
 def _kept_symmetric(name: str, module: nn.Module) -> list[str]:

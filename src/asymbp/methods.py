@@ -92,6 +92,24 @@ def parse_method(text: str, **scheme_options) -> MethodSpec:
 
     Raises `AsymbpError` (one line, listing the valid parts) for anything unknown.
     """
+    raw, parts, freeze = _split(text)
+    scheme, p, bn, update, wn = _read_parts(raw, parts)
+    if scheme_options:
+        _check_scheme_options(scheme, scheme_options)
+    return MethodSpec(
+        scheme=scheme,
+        p=p,
+        bn=bn,
+        bn_affine=bn and scheme == "BP",
+        update=update,
+        weight_norm=wn,
+        freeze=freeze,
+        options=dict(scheme_options),
+    )
+
+
+def _split(text: str) -> tuple[str, list[str], str]:
+    """(the stripped string, its `+` parts, the freeze suffix or "none")."""
     if not isinstance(text, str) or not text.strip():
         raise AsymbpError(f"empty method string; expected {GRAMMAR}")
     raw = text.strip()
@@ -102,7 +120,11 @@ def parse_method(text: str, **scheme_options) -> MethodSpec:
     parts = [p.strip() for p in body.split("+")]
     if any(not p for p in parts):
         raise AsymbpError(f"empty part in method string {raw!r}; expected {GRAMMAR}")
+    return raw, parts, freeze
 
+
+def _read_parts(raw: str, parts: list[str]) -> tuple[str, float | None, bool, str, bool]:
+    """(scheme, p, bn, update, weight_norm) of a method string's parts; each at most once."""
     scheme, p, bn, update, wn = None, None, False, None, False
     for i, part in enumerate(parts):
         low = part.lower()
@@ -131,27 +153,17 @@ def parse_method(text: str, **scheme_options) -> MethodSpec:
             except AsymbpError as err:
                 raise AsymbpError(f"in method {raw!r}: {err}") from None
             scheme, p = cls.name, implied.get("p")
-    scheme = scheme or "BP"
-    if p == 0:
-        p = None
-    if scheme_options:
-        cls, _ = fb.resolve(scheme)
-        bad = sorted(set(scheme_options) - set(cls.options()))
-        if bad:
-            raise AsymbpError(
-                f"scheme {scheme} takes no option {', '.join(bad)}; its options: "
-                f"{', '.join(cls.options()) or 'none'}"
-            )
-    return MethodSpec(
-        scheme=scheme,
-        p=p,
-        bn=bn,
-        bn_affine=bn and scheme == "BP",
-        update=update or "SGD",
-        weight_norm=wn,
-        freeze=freeze,
-        options=dict(scheme_options),
-    )
+    return scheme or "BP", p or None, bn, update or "SGD", wn  # p = 0: no flips
+
+
+def _check_scheme_options(scheme: str, options: dict) -> None:
+    cls, _ = fb.resolve(scheme)
+    bad = sorted(set(options) - set(cls.options()))
+    if bad:
+        raise AsymbpError(
+            f"scheme {scheme} takes no option {', '.join(bad)}; its options: "
+            f"{', '.join(cls.options()) or 'none'}"
+        )
 
 
 def describe() -> str:
