@@ -189,6 +189,18 @@ def test_model_keys_match_case_insensitively():
         check_fit("MNIST", (30,))
 
 
+def test_model_option_is_case_insensitive(tmp_path, capsys):
+    import numpy as np
+
+    from asymbp.cli import main
+
+    x, y = np.random.default_rng(0).normal(size=(30, 12)).astype(np.float32), np.arange(30) % 3
+    path = tmp_path / "vectors.npz"
+    np.savez(path, x_train=x[:20], y_train=y[:20], x_test=x[20:], y_test=y[20:])
+    argv = ["run", "--dataset", f"npz:{path}", "--model", "MLP", "--epochs", "1", "--json"]
+    assert main(argv) == 0, capsys.readouterr().err
+
+
 def test_build_errors():
     with pytest.raises(AsymbpError, match="mnist"):
         build("vgg", 10)
