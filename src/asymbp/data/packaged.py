@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Dataset, register
+from .base import Dataset, register
 
 
 def stratified_split(y: np.ndarray, n_test_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
