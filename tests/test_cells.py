@@ -1,13 +1,13 @@
-"""Cell values (asymbp.cells): the paper and honest protocols on hand-made runs."""
+"""Cell values (asymbp.report.cells): the paper and honest protocols on hand-made runs."""
 
 import math
 
 import pandas as pd
 import pytest
 
-from asymbp.cells import cell_values
 from asymbp.errors import AsymbpError
 from asymbp.report import table
+from asymbp.report.cells import cell_values
 
 
 def runs(*rows):

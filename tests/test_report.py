@@ -1,4 +1,4 @@
-"""Tables, plots and the HTML report (asymbp.report, asymbp.plots, `asymbp table`/`report`).
+"""Tables, plots and the HTML report (asymbp.report, asymbp.report.plots, `asymbp table`/`report`).
 
 The tables and figures come from a database filled by a real (tiny) sweep: Experiment A's SGD
 and uSF+BN+BM columns on a tiny npz dataset with the `mlp` network, 2 epochs, multipliers 1
@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from asymbp import paper, plots, report
+from asymbp import paper, report
+from asymbp.report import plots
 from asymbp.cli import main
 from asymbp.errors import AsymbpError
 
