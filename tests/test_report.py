@@ -268,6 +268,32 @@ def test_every_figure_is_a_valid_png_and_svg(db, tmp_path):
         plt.close(fig)
 
 
+def test_the_alignment_figure_shows_the_run_behind_the_cell_under_each_protocol():
+    """k = 10 has the better test error, k = 1 the better validation error: the paper and the
+    honest protocol put different runs behind the cell, and the figure follows the table's."""
+    import matplotlib.pyplot as plt
+
+    from asymbp.report.cells import cell_run
+
+    runs = _runs([("mnist5k", "uSF", 10, 1, 1.0, "done"), ("mnist5k", "uSF", 1, 1, 2.0, "done")])
+    runs = runs.assign(val_error=[9.0, 4.0], honest_test_error=[2.0, 7.0])
+    align = pd.DataFrame([{"run_key": k, "experiment": "A", "method": "uSF",
+                           "dataset": "mnist5k", "epoch": ep, "layer": "fc.0", "scheme": "uSF",
+                           "angle": base + ep, "grad_angle": base + 2 * ep}
+                          for k, base in (("r0", 10.0), ("r1", 50.0)) for ep in (1, 2)])
+    for protocol, run, k in (("paper", "r0", 10), ("honest", "r1", 1)):
+        assert cell_run(runs, "mnist5k", "uSF", protocol) == run
+        value = report.table(runs, "A", protocol=protocol).attrs["value"].loc["mnist5k", "uSF"]
+        assert value == runs.set_index("run_key").loc[
+            run, "best_test_error" if protocol == "paper" else "honest_test_error"]
+        fig = plots.alignment_grid(align, "mnist5k", runs, protocol=protocol)
+        vw = fig.axes[0]
+        shown = align[align["run_key"] == run]
+        assert list(vw.lines[0].get_ydata()) == list(shown["angle"])
+        assert f"(k = {k})" in vw.get_ylabel()
+        plt.close(fig)
+
+
 def test_palette_is_okabe_ito_and_lines_differ():
     styles = [plots.style(i) for i in range(5)]  # the five multipliers
     assert all(s["color"] in plots.OKABE_ITO for s in styles)

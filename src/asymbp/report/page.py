@@ -126,7 +126,8 @@ def _experiment_html(x: str, runs: pd.DataFrame, exps: list[str], epochs: pd.Dat
     figures, each of the protocol the page's figures use."""
     import matplotlib.pyplot as plt  # matplotlib: only when a page is drawn
 
-    from . import plots
+    from .plots import (alignment_grid, c2_bars, flip_probability, has_flip_data,
+                        learning_curves_grid, paper_heatmap)
 
     e = html.escape
     xr = runs[runs["experiment"] == x]
@@ -146,28 +147,28 @@ def _experiment_html(x: str, runs: pd.DataFrame, exps: list[str], epochs: pd.Dat
                     f'<div class="scroll">{to_html(tt, caption=False)}</div>')
     body.append(f'<p class="legend">{e(LEGEND)}.</p>')
     if x in P.TABLES and t.attrs["published"].notna().to_numpy().any():
-        add(plots.paper_heatmap(t), f"Experiment {x}: our error minus the paper's "
+        add(paper_heatmap(t), f"Experiment {x}: our error minus the paper's "
                                     "(percentage points; orange = worse, purple = better).")
     if x == next(b for b in ("B1", "B2") if b in exps + ["B2"]):  # one figure for B1 + B2
         for d in dataset_order(set(xr["dataset"])):
-            if plots.has_flip_data(runs, d):
-                add(plots.flip_probability(runs, d, protocol=FIGURE_PROTOCOL),
+            if has_flip_data(runs, d):
+                add(flip_probability(runs, d, protocol=FIGURE_PROTOCOL),
                     f"Experiment B on {d}: error against the probability p that a feedback "
                     "sign is flipped, magnitudes redrawn (B1) or fixed (B2); dotted: the "
                     "paper.")
     if x == "C2":
         for d in dataset_order(set(xr["dataset"])):
-            add(plots.c2_bars(runs, d, protocol=FIGURE_PROTOCOL),
+            add(c2_bars(runs, d, protocol=FIGURE_PROTOCOL),
                 f"Experiment C2 on {d}: bottom (last layer random and frozen) against top "
                 "(all but the last).")
     xe = epochs[epochs["experiment"] == x] if len(epochs) else epochs
     for d in dataset_order(set(xe["dataset"])) if len(xe) else []:
-        add(plots.learning_curves_grid(xe, d, methods=methods_order(x, xe, d)),
+        add(learning_curves_grid(xe, d, methods=methods_order(x, xe, d)),
             f"Experiment {x} on {d}: test error (solid) and training error (dashed) per "
             "epoch, one line per learning-rate multiplier.")
     xa = alignment[alignment["experiment"] == x] if len(alignment) else alignment
     for d in dataset_order(set(xa["dataset"])) if len(xa) else []:
-        fig = plots.alignment_grid(xa, d, runs=xr, methods=methods_order(x, xa, d),
+        fig = alignment_grid(xa, d, runs=xr, methods=methods_order(x, xa, d),
                                    protocol=FIGURE_PROTOCOL)
         if fig is not None:
             add(fig, f"Experiment {x} on {d}: angle between V and W (left) and between the "
