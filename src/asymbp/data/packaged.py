@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Dataset, register
 from ._cache import cached
+from .base import Dataset, register
 
 
 def stratified_split(y: np.ndarray, n_test_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
