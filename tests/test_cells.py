@@ -1,13 +1,14 @@
-"""Cell values (asymbp.cells): the paper and honest protocols on hand-made runs."""
+"""Cell values (asymbp.report.cells): the paper and honest protocols on hand-made runs."""
 
 import math
 
 import pandas as pd
 import pytest
 
-from asymbp.cells import cell_values
+from asymbp.config import PROTOCOLS
 from asymbp.errors import AsymbpError
 from asymbp.report import table
+from asymbp.report.cells import PICK_BY, VALUE_OF, cell_run, cell_values
 
 
 def runs(*rows):
@@ -72,3 +73,28 @@ def test_experiments_are_separate_cells_and_can_be_selected():
 def test_unknown_protocol_is_a_user_error():
     with pytest.raises(AsymbpError):
         cell_values(runs(), protocol="best")
+
+
+def keyed(*rows):
+    df = runs(*rows)
+    return df.assign(run_key=[f"r{i}" for i in range(len(df))])
+
+
+def test_the_run_behind_a_cell_is_the_one_its_protocol_picks():
+    # r0 has the best test error, r1 the best validation error, r2 diverged before it got worse
+    df = keyed(("A", "d", "BM", 10, 1, "done", 1.0, 9.0, 2.0),
+               ("A", "d", "BM", 1, 1, "done", 2.0, 4.0, 7.0),
+               ("A", "d", "BM", 100, 1, "diverged", 0.5, 1.0, 0.5),
+               ("A", "d", "BM", 1, 2, "done", 3.0, 8.0, 3.5))
+    assert cell_run(df, "d", "BM", "paper") == "r0"
+    assert cell_run(df, "d", "BM", "honest") == "r1"  # the diverged r2 counts for nothing
+    assert cell_run(df, "d", "BM", "paper", keys=["r1", "r3"]) == "r1"
+    assert cell_run(df, "d", "SGD", "paper") is None
+    for protocol in ("paper", "honest"):  # per seed, the same rule gives the cell's value
+        seed1 = df[df["seed"] == 1]
+        picked = seed1.set_index("run_key").loc[cell_run(seed1, "d", "BM", protocol)]
+        column = {"paper": "best_test_error", "honest": "honest_test_error"}[protocol]
+        assert cell_values(seed1, protocol).value[0] == picked[column]
+    with pytest.raises(AsymbpError, match="unknown protocol 'best'"):
+        cell_run(df, "d", "BM", "best")
+    assert set(PICK_BY) == set(VALUE_OF) == set(PROTOCOLS)  # every protocol says how it picks

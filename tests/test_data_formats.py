@@ -7,6 +7,8 @@ The writers of each format are conftest.py's fixtures (the other test_data_* mod
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -246,3 +248,26 @@ def test_nested_official_archive_caltech101_zip(tmp_path, tar_folder, write_tree
     assert base == root / "caltech-101" / "101_ObjectCategories"
     assert sorted(p.name for p in base.iterdir()) == ["BACKGROUND_Google", "accordion"]
     assert len(list((base / "accordion").iterdir())) == 2
+
+
+# --- the package itself ----------------------------------------------------------------------
+
+def test_import_asymbp_data_does_not_import_pandas():
+    """The paper's dataset order comes from `asymbp.paper`, whose pandas is imported lazily:
+    a worker that only loads data never pays for it."""
+    code = "import sys, asymbp.data; print('pandas' in sys.modules, list(asymbp.data.DATASETS)[0])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "mnist"]
+
+
+def test_dataset_keys_match_case_insensitively_like_every_registry(tmp_path, write_mnist):
+    from asymbp.data import check_key
+
+    write_mnist(tmp_path / "mnist")
+    assert check_key("MNIST") == "mnist" and DATASETS["Mnist"].key == "mnist"
+    assert load("MNIST", tmp_path).key == "mnist"  # the folder of the registered key
+    assert check_key("npz:/Some/Path.npz") == "npz:/Some/Path.npz"  # a path keeps its case
+    with pytest.raises(AsymbpError, match=r"unknown dataset 'mnsit'; valid: mnist, .*npz:PATH"):
+        check_key("mnsit")

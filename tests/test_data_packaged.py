@@ -39,3 +39,16 @@ def test_registry_has_the_papers_15_with_their_networks():
 def test_unknown_key():
     with pytest.raises(AsymbpError, match="unknown dataset 'mnsit'.*mnist"):
         check_key("mnsit")
+
+
+@pytest.mark.parametrize("key", ["mnist5k", "mnist1d"])
+def test_packaged_data_come_back_from_the_cache_unchanged(key, tmp_path):
+    built = load(key, tmp_path)  # parsed (mnist5k) or generated (mnist1d), then cached
+    assert list((tmp_path / key).glob(".asymbp-*.npz"))
+    again = load(key, tmp_path)
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        a, b = getattr(built, name), getattr(again, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a data root that cannot hold a cache folder still loads
+    assert np.array_equal(load(key, blocked).x_test, built.x_test)

@@ -55,9 +55,9 @@ def _rank(rank: int, world: int, port: int, method: str, out_dir: str) -> None:
 
 
 @pytest.mark.parametrize("method", ["SGD", "frSF-25"])
-def test_ddp_train_equals_one_process(tmp_path, method):
+def test_ddp_train_equals_one_process(tmp_path, method, one_thread):
+    # One thread here too (one_thread), as in the ranks: the same kernels on both sides.
     mp.spawn(_rank, args=(2, _free_port(), method, str(tmp_path)), nprocs=2, join=True)
-    torch.set_num_threads(1)
     one = train(_config(method), data=_data(), checkpoint=tmp_path / "one.pt")
 
     ddp_state = torch.load(tmp_path / "ddp.pt", weights_only=False)["model"]
@@ -65,13 +65,23 @@ def test_ddp_train_equals_one_process(tmp_path, method):
     assert ddp_state.keys() == one_state.keys()
     for k, v in one_state.items():
         if torch.is_tensor(v) and v.is_floating_point():
-            # Only the summation order differs (two halves of each batch, then a sum).
-            torch.testing.assert_close(ddp_state[k], v, rtol=1e-4, atol=1e-5, msg=k)
+            # Only the summation order differs (two halves of each batch, then a sum). The
+            # longest sum, conv1's weight gradient, has N = 100·24·24 = 57600 terms: regrouping
+            # changes its rounding by ~√N·eps ≈ 3e-5 of the step's size, and 4 small steps
+            # (lr_mult 0.005) move W by less than its own size. Allowed: 1e-4 of the tensor's
+            # largest element (measured: 1.6e-6) — of the tensor, not of each element, since a
+            # sum's rounding scales with its terms, not with its result, which may cancel.
+            tol = 1e-4 * v.abs().max().item()
+            torch.testing.assert_close(ddp_state[k], v, rtol=0, atol=tol, msg=k)
 
     # Every rank returns the run's metrics, summed over ranks: the one-process values.
     for rank in range(2):
         epochs = torch.load(tmp_path / f"epochs{rank}.pt", weights_only=False)
         for a, b in zip(epochs, one["epochs"]):
+            # A float32 sum of 200 positive losses (no cancellation: a few eps), regrouped by
+            # rank, on weights that differ by the ~1e-6 above: 1e-5 (measured: 7e-8).
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-            assert a["train_error"] == b["train_error"]
-            assert a["test_error"] == b["test_error"]
+            # Error counts: an example whose two top logits tie within rounding may go either
+            # way; not summing over ranks would be off by half. One example is allowed.
+            assert abs(a["train_error"] - b["train_error"]) <= 100 / 200
+            assert abs(a["test_error"] - b["test_error"]) <= 100 / 100

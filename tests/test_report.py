@@ -1,4 +1,4 @@
-"""Tables, plots and the HTML report (asymbp.report, asymbp.plots, `asymbp table`/`report`).
+"""Tables, plots and the HTML report (asymbp.report, asymbp.report.plots, `asymbp table`/`report`).
 
 The tables and figures come from a database filled by a real (tiny) sweep: Experiment A's SGD
 and uSF+BN+BM columns on a tiny npz dataset with the `mlp` network, 2 epochs, multipliers 1
@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from asymbp import paper, plots, report
+from asymbp import paper, report
+from asymbp.report import plots
 from asymbp.cli import main
 from asymbp.errors import AsymbpError
 
@@ -264,6 +265,32 @@ def test_every_figure_is_a_valid_png_and_svg(db, tmp_path):
         png, svg = plots.save(fig, tmp_path / name)
         _check_png(png.read_bytes())
         assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()
+        plt.close(fig)
+
+
+def test_the_alignment_figure_shows_the_run_behind_the_cell_under_each_protocol():
+    """k = 10 has the better test error, k = 1 the better validation error: the paper and the
+    honest protocol put different runs behind the cell, and the figure follows the table's."""
+    import matplotlib.pyplot as plt
+
+    from asymbp.report.cells import cell_run
+
+    runs = _runs([("mnist5k", "uSF", 10, 1, 1.0, "done"), ("mnist5k", "uSF", 1, 1, 2.0, "done")])
+    runs = runs.assign(val_error=[9.0, 4.0], honest_test_error=[2.0, 7.0])
+    align = pd.DataFrame([{"run_key": k, "experiment": "A", "method": "uSF",
+                           "dataset": "mnist5k", "epoch": ep, "layer": "fc.0", "scheme": "uSF",
+                           "angle": base + ep, "grad_angle": base + 2 * ep}
+                          for k, base in (("r0", 10.0), ("r1", 50.0)) for ep in (1, 2)])
+    for protocol, run, k in (("paper", "r0", 10), ("honest", "r1", 1)):
+        assert cell_run(runs, "mnist5k", "uSF", protocol) == run
+        value = report.table(runs, "A", protocol=protocol).attrs["value"].loc["mnist5k", "uSF"]
+        assert value == runs.set_index("run_key").loc[
+            run, "best_test_error" if protocol == "paper" else "honest_test_error"]
+        fig = plots.alignment_grid(align, "mnist5k", runs, protocol=protocol)
+        vw = fig.axes[0]
+        shown = align[align["run_key"] == run]
+        assert list(vw.lines[0].get_ydata()) == list(shown["angle"])
+        assert f"(k = {k})" in vw.get_ylabel()
         plt.close(fig)
 
 

@@ -132,3 +132,28 @@ def test_loading_a_missing_database_is_a_user_error(tmp_path):
     with pytest.raises(AsymbpError, match="no results database"):
         store.load(tmp_path / "nope.db")
     assert not (tmp_path / "nope.db").exists()
+
+
+def test_statuses_and_epochs_done_by_run_key(tmp_path, epoch, some_runs):
+    runs = some_runs(tmp_path)
+    keys = [r.key for r in runs]
+    with store.Store(tmp_path / "r.db") as s:
+        s.add_runs(runs)
+        s.start(keys[0], "h", "cpu", "0.1.0", "abc")
+        s.add_epoch(keys[0], epoch(1))
+        s.add_epoch(keys[0], epoch(2))
+        asked = [keys[0], keys[1], "not-stored"] + [f"x{i}" for i in range(600)]  # > one chunk
+        assert s.epochs_done(asked) == {keys[0]: 2, keys[1]: 0}
+        assert s.statuses(asked) == {keys[0]: "running", keys[1]: "pending"}
+        assert s.epochs_done([]) == {}
+
+
+def test_pid_alive(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    assert store.pid_alive(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: its pid names no process now
+    assert not store.pid_alive(child.pid)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from asymbp import paper, store
-from asymbp.cells import cell_values
+from asymbp.report import cell_values
 from asymbp.cli import main
 from asymbp.errors import AsymbpError
 from asymbp.experiments import EXPERIMENTS, LR_MULTS, parse_seeds, plan

@@ -2,15 +2,20 @@
 
 `published(experiment)` returns the paper's table as a DataFrame (rows: dataset keys, columns:
 method strings, values: error %). `PAPER_DATASETS` maps the paper's row names to dataset keys.
+
+pandas is imported inside `published` only: `asymbp.data` reads `PAPER_DATASETS` for its
+order, and loading a dataset must not pay for pandas.
 """
 
 from __future__ import annotations
 
 from importlib import resources
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from .errors import unknown
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # The paper's row names -> asymbp dataset keys (DESIGN §7)
 PAPER_DATASETS = {
@@ -56,6 +61,8 @@ def published(experiment: str) -> pd.DataFrame:
     """The paper's table for `experiment` (A, B1, B2, C1, C2, BM); index: dataset keys."""
     if experiment not in TABLES:
         raise unknown("experiment", experiment, TABLES)
+    import pandas as pd
+
     name, _ = TABLES[experiment]
     with resources.files("asymbp").joinpath("paper", name).open() as f:
         df = pd.read_csv(f)

@@ -69,6 +69,18 @@ MIGRATIONS: dict[int, str] = {
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (the sweep's pid in `meta`: is it still
+    writing?). A process of another user counts as alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -263,14 +275,23 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             return self.con.total_changes - before
 
-    def statuses(self, keys) -> dict[str, str]:
+    def _column(self, column: str, keys) -> dict:
+        """run_key -> `column` of the runs among `keys` that are stored."""
         keys = list(keys)
         out = {}
-        for i in range(0, len(keys), 500):
+        for i in range(0, len(keys), 500):  # SQLite caps the number of ? in one statement
             chunk = keys[i:i + 500]
-            q = f"SELECT run_key, status FROM runs WHERE run_key IN ({','.join('?' * len(chunk))})"
+            q = f"SELECT run_key, {column} FROM runs WHERE run_key IN ({','.join('?' * len(chunk))})"
             out.update(self.con.execute(q, chunk).fetchall())
         return out
+
+    def statuses(self, keys) -> dict[str, str]:
+        """run_key -> status of the runs among `keys` that are stored."""
+        return self._column("status", keys)
+
+    def epochs_done(self, keys) -> dict[str, int]:
+        """run_key -> how many epochs are stored, for the runs among `keys` that are stored."""
+        return self._column("epochs_done", keys)
 
     def start(self, key: str, host: str, device: str, version: str, commit: str | None) -> None:
         with self.con:

@@ -199,12 +199,21 @@ def run(args) -> int:
     # network that cannot take its inputs, is one line on stderr, not a bar and a traceback.
     ds = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed)
     models.check_fit(cfg.model or ds.model, ds.input_shape, cfg.dataset)
-    if rank0:
+    started = False
+
+    def say_start():
+        # Said with the first epoch, once the run has really started (its checkpoint loaded):
+        # a mistake found before that stays the one line on stderr.
+        nonlocal started
+        if started or not rank0:
+            return
+        started = True
         if not args.json:  # the JSON result says it as "device"
             given = f" ({cfg.device})" if cfg.device != device else ""
             print(f"device: {device}{given}", file=sys.stderr, flush=True)
         if note := bf16_note(cfg.amp, device):
             print(note, file=sys.stderr, flush=True)
+
     bar = None
     if not args.no_progress and not args.json and rank0:
         from tqdm import tqdm
@@ -213,6 +222,7 @@ def run(args) -> int:
                    file=sys.stderr, leave=False)
 
     def on_epoch(row):
+        say_start()
         if bar is not None:
             bar.update(1)
             bar.write(epoch_line(row), file=sys.stdout)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..config import PROTOCOLS
+
 HELP = "show a results database: runs by status, per experiment and dataset, runs in progress"
 
 
@@ -10,7 +12,7 @@ def add_parser(sub) -> None:
     p.add_argument("--db", default="results.db", help="results database (default: %(default)s)")
     p.add_argument("--cells", action="store_true",
                    help="also print the cell values (paper protocol) of each experiment")
-    p.add_argument("--protocol", choices=["paper", "honest"], default="paper",
+    p.add_argument("--protocol", choices=PROTOCOLS, default="paper",
                    help="protocol of --cells (default: %(default)s)")
     p.set_defaults(func=run)
 
@@ -18,13 +20,13 @@ def add_parser(sub) -> None:
 def _sweep_alive(meta: dict) -> bool | None:
     import socket
 
-    from ..sweep import _pid_alive
+    from ..store import pid_alive
 
     if meta.get("sweep_state") != "running" or not meta.get("sweep_pid"):
         return False
     if meta.get("sweep_host") != socket.gethostname():
         return None  # cannot tell from here
-    return _pid_alive(int(meta["sweep_pid"]))
+    return pid_alive(int(meta["sweep_pid"]))
 
 
 def run(args) -> int:

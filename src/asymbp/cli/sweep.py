@@ -88,6 +88,7 @@ def run(args) -> int:
     store.check(args.db)  # a non-SQLite file or a newer schema stops here, nothing written
     if args.dry_run:
         return _dry_run(runs, args.db)
+    store.check_writable(args.db)  # before the data are loaded to check them
     if args.backend == "local" or not args.address:
         # The workers run on this machine: what would make every run fail stops here.
         preflight(_unfinished(runs, args.db, args.retry_failed))

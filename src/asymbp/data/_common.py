@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Dataset
+from .base import Dataset
 from ._errors import MissingData
 
 

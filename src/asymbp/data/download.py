@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import DATASETS, check_key, data_root
+from .base import DATASETS, check_key, data_root
 from ._archive import find
 from ._cache import has_cache
 from ._errors import CorruptData, MissingData
@@ -250,7 +250,7 @@ def download(key: str, data_dir: str | os.PathLike | None = None, mirror: str | 
     Files already there and verified are skipped. Raises `AsymbpError` (one line) for a dataset
     with no public source, naming the files to put where.
     """
-    check_key(key)
+    key = check_key(key)
     check_mirror(mirror)
     if key.startswith("npz:"):
         raise AsymbpError(f"{key} is a local file, there is nothing to download; give the path of "

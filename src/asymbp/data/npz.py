@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AsymbpError
-from . import Dataset, validate
+from .base import Dataset, validate
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 SAVE_HINT = "save one with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"

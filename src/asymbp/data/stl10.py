@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Dataset, register
+from .base import Dataset, register
 from ._archive import find, unpacked
 from ._cache import cached
 from ._common import to_dataset, where

@@ -1,7 +1,8 @@
 """The figures a reader of the results wants, from the results database's DataFrames.
 
 Every function takes DataFrames (`asymbp.store.load`, `load_epochs`, `load_alignment`, or a
-`report.table`) and returns a matplotlib Figure; `save(fig, stem)` writes `stem.png` and
+`report.table`) and returns a matplotlib Figure; a figure of cells takes the table's protocol
+and shows the runs `asymbp.report.cells` puts behind them; `save(fig, stem)` writes `stem.png` and
 `stem.svg`. Colours are Okabe–Ito (safe for colour-blind readers) and every line also differs
 in style and marker, so the figures read in greyscale print.
 """
@@ -22,6 +23,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from .. import paper as P  # noqa: E402
+from .cells import cell_run, cell_values  # noqa: E402
+from .tables import paper_row  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under every common colour
 # vision deficiency.
@@ -170,9 +175,6 @@ def has_flip_data(runs: pd.DataFrame, dataset: str) -> bool:
 def flip_probability(runs: pd.DataFrame, dataset: str, protocol: str = "paper"):
     """Error against p, the probability that a feedback sign disagrees with W (Experiment B):
     redrawn magnitudes (B1) and fixed ones (B2), ours solid, the paper's dotted, SGD a band."""
-    from . import paper as P
-    from .report import PAPER_ROW, cell_values
-
     fig, ax = plt.subplots(figsize=(4.6, 3.2))
     sgd = None
     for i, (exp, kind) in enumerate((("B1", "redrawn"), ("B2", "fixed"))):
@@ -189,8 +191,8 @@ def flip_probability(runs: pd.DataFrame, dataset: str, protocol: str = "paper"):
             if "SGD" in cells.index and math.isfinite(cells.loc["SGD", "value"]):
                 sgd = cells.loc["SGD", "value"]
         pub = P.published(exp)
-        row = dataset if dataset in pub.index else PAPER_ROW.get(dataset)
-        if row in pub.index:
+        row = paper_row(dataset, pub)
+        if row is not None:
             pp = sorted((p, pub.loc[row, m]) for m, (k, p) in flip_points(pub.columns).items()
                         if k == kind)
             ax.plot([p for p, _ in pp], [v for _, v in pp], color=s["color"], linestyle=":",
@@ -211,16 +213,13 @@ def flip_probability(runs: pd.DataFrame, dataset: str, protocol: str = "paper"):
 def c2_bars(runs: pd.DataFrame, dataset: str, protocol: str = "paper"):
     """Grouped bars per method: @bottom (last layer random and frozen) and @top (every layer
     but the last), the paper's values as black markers."""
-    from . import paper as P
-    from .report import PAPER_ROW, cell_values
-
     sub = runs[(runs["experiment"] == "C2") & (runs["dataset"] == dataset)]
     cells = cell_values(sub, protocol=protocol).set_index("method")
     order = [c.split("@")[0] for c in P.columns("C2")]
     bases = list(dict.fromkeys(order + [m.split("@")[0] for m in cells.index if "@" in m]))
     bases = [b for b in bases if f"{b}@bottom" in cells.index or f"{b}@top" in cells.index]
     pub = P.published("C2")
-    row = dataset if dataset in pub.index else PAPER_ROW.get(dataset)
+    row = paper_row(dataset, pub)
     fig, ax = plt.subplots(figsize=(1.2 * max(len(bases), 2) + 1.5, 3.2))
     x = np.arange(len(bases))
     w = 0.38
@@ -232,7 +231,7 @@ def c2_bars(runs: pd.DataFrame, dataset: str, protocol: str = "paper"):
         pos = x + (j - 0.5) * w
         ax.bar(pos, vals, w, yerr=_yerr(errs), capsize=3, color=OKABE_ITO[j],
                hatch=hatch, edgecolor="black", linewidth=0.6, label=where)
-        if row in pub.index:
+        if row is not None:
             pv = [pub.loc[row, f"{b}@{where}"] if f"{b}@{where}" in pub.columns else np.nan
                   for b in bases]
             ax.plot(pos, pv, linestyle="none", marker="D", color="black", markersize=5,
@@ -246,18 +245,6 @@ def c2_bars(runs: pd.DataFrame, dataset: str, protocol: str = "paper"):
 
 
 # ---- alignment ----------------------------------------------------------------------------
-
-def cell_run(runs: pd.DataFrame, dataset: str, method: str, keys=None) -> str | None:
-    """The run behind a cell (the lowest best test error; among `keys` when given)."""
-    sub = runs[(runs["dataset"] == dataset) & (runs["method"] == method)
-               & runs["status"].isin(["done", "diverged"])]
-    if keys is not None:
-        sub = sub[sub["run_key"].isin(set(keys))]
-    sub = sub.dropna(subset=["best_test_error"])
-    if not len(sub):
-        return None
-    return sub.sort_values("best_test_error")["run_key"].iloc[0]
-
 
 def alignment_curves(alignment: pd.DataFrame, run_key: str, axes=None, legend: bool = True,
                      top: float | None = None):
@@ -289,15 +276,16 @@ def alignment_curves(alignment: pd.DataFrame, run_key: str, axes=None, legend: b
 
 
 def alignment_grid(alignment: pd.DataFrame, dataset: str, runs: pd.DataFrame,
-                   methods: list[str] | None = None):
-    """`alignment_curves` for the run behind each cell on `dataset` with alignment data (one
-    row per method); None when there is none."""
+                   methods: list[str] | None = None, protocol: str = "paper"):
+    """`alignment_curves` for the run behind each cell on `dataset` under `protocol`
+    (`cells.cell_run`, among the runs with alignment data; one row per method); None when there
+    is none. `runs`: one experiment's."""
     sub = alignment[alignment["dataset"] == dataset]
     if "scheme" in sub:  # symmetric backprop: V is W, both angles are 0 by construction
         sub = sub[sub["scheme"].fillna("") != "BP"]
     methods = [m for m in (methods or list(dict.fromkeys(sub["method"])))
                if m in set(sub["method"])]
-    picked = [(m, cell_run(runs, dataset, m, sub.loc[sub["method"] == m, "run_key"]))
+    picked = [(m, cell_run(runs, dataset, m, protocol, sub.loc[sub["method"] == m, "run_key"]))
               for m in methods]
     picked = [(m, k) for m, k in picked if k is not None]
     if not picked:

@@ -1,4 +1,5 @@
-"""Table cells from runs (DESIGN §6): one number per (dataset, method), mean ± std over seeds.
+"""Table cells from runs (DESIGN §6): one number per (dataset, method), mean ± std over seeds,
+and the run that stands behind each cell.
 
 A cell's runs are its learning-rate multipliers × procedures × seeds. Per seed:
 
@@ -9,6 +10,10 @@ A cell's runs are its learning-rate multipliers × procedures × seeds. Per seed
 
 Diverged runs count for nothing; the cell is computed from the others (and is "diverged" only
 when every run diverged).
+
+One rule, `pick_run`, says which run a protocol picks: per seed for the cell's value
+(`cell_values`), across the seeds for the run a figure shows for the cell (`cell_run`), so a
+table and its figures never disagree on which run is behind a cell.
 """
 
 from __future__ import annotations
@@ -18,28 +23,63 @@ import math
 import numpy as np
 import pandas as pd
 
-from .errors import AsymbpError
+from ..config import PROTOCOLS
+from ..errors import AsymbpError, unknown
 
 CELL_COLUMNS = ["experiment", "dataset", "method", "value", "std", "n_seeds", "n_runs",
                 "n_finished", "n_diverged", "n_failed", "status"]
 
 
+# The run column a protocol picks a run by (the lowest wins), and the run's number it reports.
+PICK_BY = {"paper": "best_test_error", "honest": "val_error"}
+VALUE_OF = {"paper": "best_test_error", "honest": "honest_test_error"}
+
+
+def check_protocol(protocol: str, runs: pd.DataFrame | None = None) -> None:
+    """The one-line error for an unknown protocol, or for the honest one on runs without a
+    validation split."""
+    if protocol not in PROTOCOLS:
+        raise unknown("protocol", protocol, PROTOCOLS)
+    if protocol == "honest" and runs is not None and len(runs) and "val_error" not in runs:
+        raise AsymbpError("the honest protocol needs val_error: run the sweep with "
+                          "--protocol honest")
+
+
+def pick_run(runs: pd.DataFrame, protocol: str) -> pd.Series | None:
+    """The run among `runs` (finished, not diverged) that `protocol` picks: the lowest best test
+    error (paper) or the lowest validation error (honest); None when no run has that number.
+
+    Ties go to the first of them in the table (the test error never breaks a validation tie).
+    """
+    by = runs[PICK_BY[protocol]].to_numpy(dtype=float)
+    if np.isnan(by).all():
+        return None
+    return runs.iloc[int(np.nanargmin(by))]
+
+
 def _seed_value(runs: pd.DataFrame, protocol: str) -> float:
     """The cell's value for one seed from its finished, non-diverged runs."""
-    if protocol == "paper":
-        v = runs["best_test_error"].astype(float)
-        return float(v.min()) if v.notna().any() else math.nan
-    picked = runs.dropna(subset=["val_error"])
-    if picked.empty:
-        return math.nan
-    # Ties on validation error go to the lower test error's run order: the first in the table.
-    best = picked.loc[picked["val_error"].astype(float).idxmin()]
-    return float(best["honest_test_error"])
+    best = pick_run(runs, protocol)
+    return math.nan if best is None else float(best[VALUE_OF[protocol]])
+
+
+def cell_run(runs: pd.DataFrame, dataset: str, method: str, protocol: str = "paper",
+             keys=None) -> str | None:
+    """The run behind the cell (`dataset`, `method`) of one experiment's `runs`: the one
+    `pick_run` picks among the cell's finished, non-diverged runs of every seed (among `keys`
+    when given, e.g. the runs with alignment data); None when there is none."""
+    check_protocol(protocol, runs)
+    cell = runs[(runs["dataset"] == dataset) & (runs["method"] == method)
+                & (runs["status"] == "done")]
+    if keys is not None:
+        cell = cell[cell["run_key"].isin(set(keys))]
+    best = pick_run(cell, protocol)
+    return None if best is None else best["run_key"]
 
 
 def cell_values(runs_df: pd.DataFrame, protocol: str = "paper",
                 experiment: str | None = None) -> pd.DataFrame:
-    """Cell values from `asymbp.store.load(db)`.
+    """Cell values from `asymbp.store.load(db)`, each from the runs `pick_run` picks per seed.
 
     Arguments:
         runs_df: one row per run (the columns of `store.load`).
@@ -53,16 +93,12 @@ def cell_values(runs_df: pd.DataFrame, protocol: str = "paper",
         diverged; "partial" when some runs are unfinished but some have finished; "missing" when
         none has finished.
     """
-    if protocol not in ("paper", "honest"):
-        raise AsymbpError(f"unknown protocol {protocol!r}; valid: paper, honest")
     df = runs_df
     if "experiment" not in df:
         df = df.assign(experiment="")
     if experiment is not None:
         df = df[df["experiment"] == experiment]
-    if protocol == "honest" and len(df) and "val_error" not in df:
-        raise AsymbpError("the honest protocol needs val_error: run the sweep with "
-                          "--protocol honest")
+    check_protocol(protocol, df)
     rows = []
     for (exp, dataset, method), cell in df.groupby(["experiment", "dataset", "method"],
                                                    sort=False):
