@@ -180,7 +180,8 @@ def test_resized_crop_fallbacks_are_torchvisions_centre_crops():
     top, left, h, w, _ = A.resized_crop_params(50, 10, 100, (1.0, 1.0), gen=gen(0))
     assert set(h.tolist()) == {10} and set(w.tolist()) == {13}  # round(10 · 4/3)
     assert set(top.tolist()) == {0} and set(left.tolist()) == {43}  # (100 − 13) // 2
-    assert torchvision_get_params(random.Random(0), 10, 100, (1.0, 1.0), (3 / 4, 4 / 3)) == (0, 43, 10, 13)
+    want = torchvision_get_params(random.Random(0), 10, 100, (1.0, 1.0), (3 / 4, 4 / 3))
+    assert want == (0, 43, 10, 13)
     # 10×12 (aspect 1.2, inside the range), an area larger than the image: the whole image
     top, left, h, w, _ = A.resized_crop_params(20, 10, 12, (2.0, 2.0), gen=gen(0))
     assert set(zip(top.tolist(), left.tolist(), h.tolist(), w.tolist())) == {(0, 0, 10, 12)}
@@ -197,7 +198,7 @@ def test_resize_center_crop_is_torchvisions_test_transform():
     z = torch.randn(2, 3, 64, 80)
     small = A.resize(z, 32)
     assert small.shape == (2, 3, 32, 40)
-    zero, ry = torch.zeros(2, dtype=torch.long), None
+    zero = torch.zeros(2, dtype=torch.long)
     ry = A.resize_weights(zero, torch.full((2,), 64), 32, 64)
     rx = A.resize_weights(zero, torch.full((2,), 80), 40, 80)
     torch.testing.assert_close(small, ry[:, None] @ z @ rx.transpose(1, 2)[:, None],
