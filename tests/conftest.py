@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import http.server
 import io
 import math
 import os
 import pickle
 import tarfile
+import threading
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -236,6 +239,60 @@ def _write_flowers17():
 @pytest.fixture(scope="session", name="tar_folder")
 def _tar_folder():
     return tar_folder
+
+
+# ---- a download mirror on 127.0.0.1 -------------------------------------------------------
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    """Static files with HTTP Range support; `/short/...` announces more bytes than it sends."""
+
+    ranges: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        rel = self.path.lstrip("/")
+        short, norange = rel.startswith("short/"), rel.startswith("norange/")
+        path = Path(self.directory) / rel.split("/", 1)[1] if short or norange else Path(self.directory) / rel
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start = 0
+        rng = None if norange else self.headers.get("Range")
+        Handler.ranges.append(self.headers.get("Range"))
+        if rng:
+            start = int(rng.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if short else body)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A mirror on 127.0.0.1 (random port) serving tmp_path/mirror/<key>/<file>."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(mirror)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    Handler.ranges = []
+    yield mirror, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def served_ranges(server):
+    """The Range header of every request the mirror of `server` has answered (None: none)."""
+    return Handler.ranges
 
 
 # ---- download checksums ---------------------------------------------------------------------

@@ -3,9 +3,6 @@ with Range, a wrong checksum, a truncated transfer; and the `asymbp datasets` ta
 
 from __future__ import annotations
 
-import http.server
-import threading
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,52 +14,7 @@ from asymbp.data import download as dl
 from asymbp.errors import AsymbpError
 
 
-class Handler(http.server.SimpleHTTPRequestHandler):
-    """Static files with HTTP Range support; `/short/...` announces more bytes than it sends."""
-
-    ranges: list = []
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        rel = self.path.lstrip("/")
-        short, norange = rel.startswith("short/"), rel.startswith("norange/")
-        path = Path(self.directory) / rel.split("/", 1)[1] if short or norange else Path(self.directory) / rel
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        start = 0
-        rng = None if norange else self.headers.get("Range")
-        Handler.ranges.append(self.headers.get("Range"))
-        if rng:
-            start = int(rng.split("=")[1].split("-")[0])
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body[: len(body) // 2] if short else body)
-
-
-@pytest.fixture
-def server(tmp_path):
-    """A mirror on 127.0.0.1 (random port) serving tmp_path/mirror/<key>/<file>."""
-    mirror = tmp_path / "mirror"
-    mirror.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(mirror)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    Handler.ranges = []
-    yield mirror, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def test_download_verify_and_load(tmp_path, server, monkeypatch, pin, write_mnist):
+def test_download_verify_and_load(served_ranges, tmp_path, server, monkeypatch, pin, write_mnist):
     mirror, url = server
     d = write_mnist(mirror / "mnist")
     pin(monkeypatch, "mnist", mirror / "mnist", "sha256")
@@ -75,9 +27,9 @@ def test_download_verify_and_load(tmp_path, server, monkeypatch, pin, write_mnis
     assert dl.status("mnist", data)[0] == "ready"
     np.testing.assert_array_equal(load("mnist", data).y_train, d["train"][1])
     # Again: nothing fetched, files verified from the stamp.
-    Handler.ranges.clear()
+    served_ranges.clear()
     dl.download("mnist", data, mirror=url, progress=False, log=lambda *_: None)
-    assert Handler.ranges == []
+    assert served_ranges == []
 
 
 def test_mirror_from_environment(tmp_path, server, monkeypatch, pin, write_cifar):
@@ -103,7 +55,7 @@ def test_wrong_checksum_is_named_and_not_kept(tmp_path, server, monkeypatch, pin
     assert not (data / "mnist" / "t10k-images-idx3-ubyte.gz.part").exists()
 
 
-def test_truncated_transfer_then_resume(tmp_path, server, monkeypatch, pin, write_cifar):
+def test_truncated_transfer_then_resume(served_ranges, tmp_path, server, monkeypatch, pin, write_cifar):
     mirror, url = server
     write_cifar(mirror / "cifar10")
     pin(monkeypatch, "cifar10", mirror / "cifar10")
@@ -117,12 +69,12 @@ def test_truncated_transfer_then_resume(tmp_path, server, monkeypatch, pin, writ
     assert part.stat().st_size == size // 2
     assert dl.status("cifar10", data)[0] == "missing"
     dl.download("cifar10", data, mirror=url, progress=False, log=lambda *_: None)  # resumes
-    assert Handler.ranges[-1] == f"bytes={size // 2}-"
+    assert served_ranges[-1] == f"bytes={size // 2}-"
     assert (data / "cifar10" / "cifar-10-python.tar.gz").read_bytes() == (
         mirror / "cifar10" / "cifar-10-python.tar.gz").read_bytes()
 
 
-def test_server_without_range_starts_over(tmp_path, server, monkeypatch, pin, write_cifar):
+def test_server_without_range_starts_over(served_ranges, tmp_path, server, monkeypatch, pin, write_cifar):
     mirror, url = server
     write_cifar(mirror / "cifar10")
     pin(monkeypatch, "cifar10", mirror / "cifar10")
@@ -130,7 +82,7 @@ def test_server_without_range_starts_over(tmp_path, server, monkeypatch, pin, wr
     part.parent.mkdir()
     part.write_bytes(b"stale bytes from elsewhere")
     dl.download("cifar10", tmp_path, mirror=url + "/norange", progress=False, log=lambda *_: None)
-    assert Handler.ranges == ["bytes=26-"]  # asked to resume, got the whole file: starts over
+    assert served_ranges == ["bytes=26-"]  # asked to resume, got the whole file: starts over
     assert (tmp_path / "cifar10" / "cifar-10-python.tar.gz").read_bytes() == (
         mirror / "cifar10" / "cifar-10-python.tar.gz").read_bytes()
 

@@ -349,3 +349,38 @@ def freeze(model: nn.Module, where: str) -> None:
         for p in (layer.weight, layer.bias):
             if p is not None:
                 p.requires_grad_(False)
+
+
+# ---- BioTorch's networks (Sanfiz & Akrout 2021; DESIGN §9a) ----------------------------------
+# Their layer lists (jsalbert/biotorch, biotorch/models/le_net.py and small_resnet.py): convs
+# unpadded, stride 1, with biases; ReLU after every conv and the hidden fc layer. BN, when asked
+# for, goes where it goes in every other network here (after each conv / hidden fc, before the
+# ReLU); BioTorch's LeNets have none.
+
+
+@register("lenet_mnist", 1, 32, "BioTorch's LeNetMNIST: conv 5x5x6, maxpool 2, conv 5x5x16, "
+          "maxpool 2, conv 5x5x120, fc 84, fc C (inputs resized to 32x32)")
+def lenet_mnist(num_classes, in_channels, image_size, norm):
+    # 32 -> 28 -> 14 -> 10 -> 5 -> 1: the last conv sees the whole map, flat 120
+    return _table_net([
+        *_conv(in_channels, 6, 5, norm), nn.MaxPool2d(2),
+        *_conv(6, 16, 5, norm), nn.MaxPool2d(2),
+        *_conv(16, 120, 5, norm),
+    ], [84], num_classes, in_channels, image_size, norm)
+
+
+@register("lenet_cifar", 3, 32, "BioTorch's LeNetCIFAR: conv 3x3x32, maxpool 2, conv 3x3x64, "
+          "maxpool 2, conv 3x3x128, global average pool, fc 256, fc C (convs unpadded)")
+def lenet_cifar(num_classes, in_channels, image_size, norm):
+    # 32 -> 30 -> 15 -> 13 -> 6 -> 4, averaged over the 4x4 map (BioTorch: avg_pool2d with the
+    # map's width as kernel, the same for square maps): flat 128
+    return _table_net([
+        *_conv(in_channels, 32, 3, norm), nn.MaxPool2d(2),
+        *_conv(32, 64, 3, norm), nn.MaxPool2d(2),
+        *_conv(64, 128, 3, norm), nn.AdaptiveAvgPool2d(1),
+    ], [256], num_classes, in_channels, image_size, norm)
+
+
+@register("resnet56", 3, 32, "CIFAR ResNet-56 (He et al. 2016): 3 stages of 9 blocks, 16/32/64")
+def resnet56(num_classes, in_channels, image_size, norm):
+    return ResNet([16, 32, 64], [9, 9, 9], num_classes, in_channels, norm, "A", "cifar")

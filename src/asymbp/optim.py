@@ -140,3 +140,42 @@ def make_optimizer(update: str, params, lr: float, momentum: float = 0.9,
     """The optimizer of an update rule name (`SGD`, `BM` = `BM1`, `BM2`, `BM3`; any case)."""
     cls, extra = UPDATE_RULES[update]
     return cls(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **extra)
+
+
+# ---- Adam, for BioTorch's protocols (DESIGN §9a) ----------------------------------------------
+
+
+class Adam(torch.optim.Adam):
+    """Adam (Kingma & Ba 2015) exactly as `torch.optim.Adam` computes it, BioTorch's optimizer.
+
+        g' = g + d w                        (weight decay: L2 added to the gradient, as
+        m = β1 m + (1 − β1) g'               PyTorch's and BioTorch's `weight_decay`;
+        v = β2 v + (1 − β2) g'²              not AdamW's decoupled decay)
+        w = w − η (m / (1 − β1ᵗ)) / (sqrt(v / (1 − β2ᵗ)) + ε)
+
+    torch's own kernels do the arithmetic (for-each, or fused on a GPU), so results, state and
+    checkpoints are torch's; this class adds asymbp's one-line errors. Like SGD above, a
+    parameter without a gradient is skipped, and any param-group keys (`kind`) are kept.
+
+    Arguments:
+        params: parameters or param groups.
+        lr: η (BioTorch: 1e-3).
+        betas: (β1, β2) (BioTorch: (0.9, 0.999)).
+        eps: ε.
+        weight_decay: d (BioTorch: 1e-4).
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0):
+        _check(lr, 0.0, weight_decay)
+        try:
+            b1, b2 = (float(b) for b in betas)
+        except (TypeError, ValueError):
+            raise AsymbpError(f"Adam's betas must be two numbers (β1, β2), got {betas!r}; "
+                              "e.g. (0.9, 0.999)") from None
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise AsymbpError(f"Adam's betas must be in [0, 1), got ({b1}, {b2}); e.g. "
+                              "(0.9, 0.999)")
+        if not eps >= 0:
+            raise AsymbpError(f"Adam's eps must be >= 0, got {eps}")
+        super().__init__(params, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay)

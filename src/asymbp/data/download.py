@@ -317,3 +317,20 @@ def status(key: str, data_dir: str | os.PathLike | None = None) -> tuple[str, st
     except CorruptData as err:
         return "corrupt", str(err)
     return "ready", "source files present" + (", preprocessed cache built" if has_cache(root) else "")
+
+
+# Fashion-MNIST (Xiao, Rasul & Vollgraf 2017) from Zalando's official mirror. The MD5s are the
+# ones torchvision pins (torchvision/datasets/mnist.py, `FashionMNIST.resources`, pytorch/vision)
+# and Zalando publishes in the download table of its README (github.com/zalandoresearch/
+# fashion-mnist). The mirror is an S3 website endpoint: http only.
+_FASHION = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_FASHION_PIN = f"{_TV}.FashionMNIST (and the zalandoresearch/fashion-mnist README)"
+SOURCES["fashion-mnist"] = [
+    Remote(name, _FASHION + name, md5=md5, pin=_FASHION_PIN)
+    for name, md5 in [
+        ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+        ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
+        ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+        ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
+    ]
+]
