@@ -21,6 +21,7 @@ import math
 import numbers
 from dataclasses import dataclass, field, fields
 
+from .config import NOT_IN_KEY, PER_RUN, TrainConfig, check_config
 from .errors import AsymbpError, unknown
 
 LR_MULTS = (100.0, 10.0, 1.0, 0.1, 0.01)  # k in lr = 5e-4 × k (DESIGN §6)
@@ -104,14 +105,8 @@ class RunSpec:
         return run_key(self.experiment, self.config)
 
 
-# Fields that change where or how fast a run executes, not what it computes.
-_NOT_IN_KEY = ("device", "data_dir", "compile", "channels_last", "eval_batch_size")
-
-
 @functools.cache
 def _defaults() -> dict:
-    from .train import TrainConfig
-
     return TrainConfig().to_dict()
 
 
@@ -119,14 +114,12 @@ def canonical_config(config: dict) -> str:
     """The config as canonical JSON, the input of the run key: sorted keys, execution-only
     fields dropped, and fields at their default dropped too, so that adding a new config field
     (with a default that keeps the old behaviour) leaves existing run keys, and resumes, intact."""
-    from .train import TrainConfig
-
     cfg = TrainConfig.from_dict(dict(config))
     # The fields as they are (json.dumps copies nothing), not to_dict's deep copy: a plan
     # computes one key per run, and asdict was most of a 100 000-run plan's time.
     full = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
     defaults = _defaults()
-    for k in _NOT_IN_KEY:
+    for k in NOT_IN_KEY:
         full.pop(k, None)
     full = {k: v for k, v in full.items() if k not in defaults or v != defaults[k]}
     return json.dumps(full, sort_keys=True, separators=(",", ":"), default=str)
@@ -206,10 +199,9 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
     """
     from . import data
     from .methods import parse_method
-    from .train import TrainConfig, check_config
 
     base = dict(base or {})
-    for k in ("dataset", "method", "lr_mult", "seed"):
+    for k in PER_RUN:  # each run's own
         base.pop(k, None)
     if experiment is not None:
         exp = get(experiment)

@@ -20,13 +20,10 @@ and `checkpoint` (a path) makes the run resumable from its last finished epoch.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
 import os
 import time
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -39,200 +36,15 @@ from . import data as datasets
 from . import metrics as M
 from . import models
 from ._provenance import provenance
+from .config import (RESUME_FREE, TrainConfig, check_config, parse_batch_schedule,
+                     parse_feedback_weight_decay)
 from .convert import convert
 from .distributed import data_parallel, local_device
 from .errors import AsymbpError
 from .feedback import mirror_step
-from .hardware import check_device_name
 from .layers import asym_layers, renormalize
-from .methods import MethodSpec, parse_method
+from .methods import MethodSpec
 from .optim import make_optimizer
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run. Defaults are the paper's protocol (DESIGN §6)."""
-
-    dataset: str = "mnist5k"  # a dataset key or npz:PATH
-    method: str = "SGD"  # a method string (DESIGN §4)
-    model: str | None = None  # default: the dataset's Table-1 network
-    lr_mult: float = 1.0  # k in base = base_lr × k; the paper sweeps 100, 10, 1, 0.1, 0.01
-    base_lr: float = 5e-4
-    epochs: int = 65
-    batch_size: int = 100
-    # Batch-size schedule "100:3,500": batch 100 for 3 epochs, then 500 (Table 2's uSF+BM cell)
-    batch_schedule: str | None = None
-    momentum: float = 0.9
-    weight_decay: float = 5e-4  # MatConvNet's default; the paper does not state it
-    # Weight decay of learned feedback (KP, PFA) as "first_epoch,after", e.g. "5e-3,1e-4"
-    # (Li & Benna 2024); default: the same as the weights'.
-    feedback_weight_decay: str | None = None
-    seed: int = 1
-    # auto: CUDA when torch sees a GPU, else the CPU (MPS only when asked for by name)
-    device: str = "auto"
-    freeze: str = "none"  # Experiment C2: none | bottom | top (also set by @bottom/@top)
-    protocol: str = "paper"  # paper (validate on test) | honest (held-out validation split)
-    val_fraction: float = 0.1  # of the training set, honest protocol
-    bn_stats: str = "paper"  # paper (20 batches after each epoch, EMA 0.05) | running
-    bn_stat_batches: int = 20
-    bn_stat_alpha: float = 0.05
-    data_dir: str | None = None
-    data_seed: int = 0  # sampling of classes and splits for the paper's protocols
-    # Evaluation batch: None = 250 on CPU (activations that stay in cache: a 1000-image batch
-    # of the mnist network took twice as long per image), 1000 on a GPU
-    eval_batch_size: int | None = None
-    alignment: bool = True  # record the V–W and error-signal angles every epoch
-    amp: str = "fp32"  # fp32 | bf16 (autocast)
-    # torch.compile the model: False, True (inductor's default mode) or a mode name;
-    # "reduce-overhead" also captures CUDA graphs on a GPU (static shapes: the batch size)
-    compile: bool | str = False
-    # NHWC activations and kernels: the same math, 1.5x faster epochs of the mnist network on
-    # CPU (oneDNN convolutions and pooling); only float rounding differs
-    channels_last: bool = True
-    scheme_options: dict = field(default_factory=dict)  # extra options of the feedback scheme
-    # Weight mirrors (WM): after every `mirror_every` training steps, `mirror_steps` mirror
-    # steps (asymbp.feedback.mirror_step), and `mirror_warmup` mirror steps before the first
-    # training step; ignored by every other scheme.
-    mirror_every: int = 1
-    mirror_steps: int = 1
-    mirror_warmup: int = 0
-    # The run counts as diverged (and stops) at the first epoch whose mean per-example training
-    # loss exceeds this, as it does for a NaN/inf loss. Chance level is ln C (2.3 for 10
-    # classes, 6.9 for 1000); the paper's grid (k <= 100) stays within a few times that, and
-    # even k = 1e5 with BN+BM stayed under 1e3 on a toy problem. A loss of 1e4 per example means
-    # logits 1e4 apart: the weights have blown up, whatever the error rate says. inf: only a
-    # NaN/inf loss counts.
-    diverge_loss: float = 1e4
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown_keys = sorted(set(d) - names)
-        if unknown_keys:
-            raise AsymbpError(f"unknown config key(s) {', '.join(unknown_keys)}; valid: "
-                              f"{', '.join(sorted(names))}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def check_config(cfg: TrainConfig) -> MethodSpec:
-    """Validate a config before any work is done; return its parsed method."""
-    if not isinstance(cfg, TrainConfig):
-        raise AsymbpError(f"a run's config must be a TrainConfig or a dict of its fields, got "
-                          f"{_short(cfg)} ({type(cfg).__name__})")
-    check_types(cfg)
-    spec = parse_method(cfg.method, **cfg.scheme_options)
-    datasets.check_key(cfg.dataset)
-    if cfg.model is not None and cfg.model not in models.MODELS:
-        from .errors import unknown
-
-        raise unknown("model", cfg.model, models.MODELS)
-    if not _positive(cfg.lr_mult):
-        raise AsymbpError(f"learning-rate multiplier must be a finite number > 0, got "
-                          f"{cfg.lr_mult}; the paper uses 100, 10, 1, 0.1, 0.01")
-    if not _positive(cfg.base_lr):
-        raise AsymbpError(f"base learning rate must be a finite number > 0, got {cfg.base_lr}")
-    if not 0 <= cfg.momentum < 1:  # also false for NaN; momentum 1 never forgets a gradient
-        raise AsymbpError(f"momentum must be in [0, 1), got {cfg.momentum}; the paper uses 0.9")
-    if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
-        raise AsymbpError(f"weight decay must be a finite number >= 0, got {cfg.weight_decay}")
-    for name in ("seed", "data_seed"):
-        value = getattr(cfg, name)
-        if not 0 <= value < 2**63:  # numpy's generators take no negative seed, torch no larger
-            raise AsymbpError(f"{name} must be in [0, 2**63), got {value}")
-    if cfg.epochs < 1:
-        raise AsymbpError(f"epochs must be >= 1, got {cfg.epochs}")
-    eval_batch = cfg.eval_batch_size
-    if cfg.batch_size < 1 or (eval_batch is not None and eval_batch < 1):
-        raise AsymbpError(f"batch sizes must be >= 1, got {cfg.batch_size} (training), "
-                          f"{eval_batch} (evaluation)")
-    if cfg.protocol not in ("paper", "honest"):
-        raise AsymbpError(f"unknown protocol {cfg.protocol!r}; valid: paper, honest")
-    if cfg.bn_stats not in ("paper", "running"):
-        raise AsymbpError(f"unknown BN statistics mode {cfg.bn_stats!r}; valid: paper, running")
-    if cfg.freeze not in ("none", "bottom", "top"):
-        raise AsymbpError(f"unknown freeze setting {cfg.freeze!r}; valid: none, bottom, top")
-    if spec.freeze != "none" and cfg.freeze not in ("none", spec.freeze):
-        raise AsymbpError(f"method {cfg.method!r} freezes '{spec.freeze}' but freeze="
-                          f"{cfg.freeze!r} was also given; give one of them")
-    if cfg.bn_stat_batches < 0 or not 0 < cfg.bn_stat_alpha <= 1:
-        raise AsymbpError(f"BN statistics need >= 0 batches and 0 < alpha <= 1, got "
-                          f"{cfg.bn_stat_batches} batches, alpha {cfg.bn_stat_alpha}")
-    if spec.bn and cfg.bn_stats == "paper" and cfg.bn_stat_batches < 1:
-        # The paper's BN layers keep no running statistics during training (momentum 0): the
-        # post-epoch pass is their only source, and with 0 batches the test uses mean 0, var 1.
-        # 0 batches is fine without BN or with bn_stats='running', where no pass is run.
-        raise AsymbpError(f"method {cfg.method!r} has batch norm, whose test-time statistics "
-                          "come from the post-epoch pass over bn_stat_batches training batches "
-                          "(bn_stats='paper'); with 0 the test would use mean 0, variance 1; "
-                          "give bn_stat_batches >= 1 (--bn-stat-batches; the paper: 20) or "
-                          "bn_stats='running' (--bn-stats running)")
-    if cfg.protocol == "honest" and not 0 < cfg.val_fraction < 1:
-        raise AsymbpError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
-    if not isinstance(cfg.compile, bool) and cfg.compile not in COMPILE_MODES:
-        raise AsymbpError(f"unknown compile mode {cfg.compile!r}; valid: "
-                          f"{', '.join(COMPILE_MODES)} (or true/false)")
-    if cfg.amp not in ("fp32", "bf16"):
-        raise AsymbpError(f"unknown precision {cfg.amp!r}; valid: fp32, bf16")
-    batch_schedule(cfg)
-    feedback_wd(cfg)
-    if cfg.mirror_every < 1 or cfg.mirror_steps < 0 or cfg.mirror_warmup < 0:
-        raise AsymbpError(f"weight mirrors need mirror_every >= 1, mirror_steps >= 0 and "
-                          f"mirror_warmup >= 0, got {cfg.mirror_every}, {cfg.mirror_steps}, "
-                          f"{cfg.mirror_warmup}")
-    check_device_name(cfg.device)  # its spelling; whether this machine has it: local_device
-    if not cfg.diverge_loss > 0:  # inf is allowed: then only a NaN/inf loss is a divergence
-        raise AsymbpError(f"diverge_loss must be > 0 (or inf), got {cfg.diverge_loss}; it is "
-                          "the mean per-example training loss above which a run has diverged")
-    return spec
-
-
-def _positive(x: float) -> bool:
-    return x > 0 and math.isfinite(x)  # NaN fails both
-
-
-def _short(value) -> str:
-    """`repr(value)` on one line and not too long (a tensor's repr spans lines)."""
-    text = " ".join(repr(value).split())
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-# What each annotation accepts, in words (the error message) and as a test. No conversion: an
-# int field refuses 2.9 and 3.0 alike (3.0 would also give another run key than 3), a float
-# field takes an int (a whole number is a number), and bool, although an int in Python, is
-# neither an int nor a float here (epochs=True is a mistake, not 1 epoch).
-_TYPES = {
-    int: ("an int", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
-    str: ("a string", lambda v: isinstance(v, str)),
-    bool: ("a bool (True/False)", lambda v: isinstance(v, bool)),
-    dict: ("a dict", lambda v: isinstance(v, dict)),
-    type(None): ("None", lambda v: v is None),
-}
-
-
-@functools.cache
-def _hints() -> dict:
-    return typing.get_type_hints(TrainConfig)  # the annotations are strings (__future__)
-
-
-def check_types(cfg: TrainConfig) -> None:
-    """Every field of `cfg` against its annotation (`_TYPES`), before any value is used."""
-    hints = _hints()
-    for f in dataclasses.fields(TrainConfig):
-        value = getattr(cfg, f.name)
-        allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
-        if not any(_TYPES[t][1](value) for t in allowed):
-            expected = " or ".join(_TYPES[t][0] for t in allowed)
-            raise AsymbpError(f"config field {f.name} must be {expected}, got {_short(value)} "
-                              f"({type(value).__name__}); give a value of that type (asymbp converts "
-                              "no config value)")
-
-
-# torch.compile's modes (asymbp's `compile` option takes these, or True for "default").
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _compiled(model: nn.Module, mode: bool | str) -> nn.Module:
@@ -252,26 +64,9 @@ def lr_at(epoch: int, epochs: int, base: float) -> float:
 
 def batch_schedule(cfg: TrainConfig) -> Callable[[int], int]:
     """epoch -> batch size, from `batch_schedule` ("100:3,500") or the fixed `batch_size`."""
-    if not cfg.batch_schedule:
+    steps = parse_batch_schedule(cfg.batch_schedule)
+    if not steps:
         return lambda epoch: int(cfg.batch_size)
-    steps: list[tuple[int, int]] = []  # (batch, last epoch with it)
-    try:
-        total = 0
-        parts = [p.strip() for p in cfg.batch_schedule.split(",")]
-        for i, part in enumerate(parts):
-            if ":" in part:
-                b, n = part.split(":")
-                total += int(n)
-                steps.append((int(b), total))
-            elif i == len(parts) - 1:
-                steps.append((int(part), 10**9))
-            else:
-                raise ValueError
-        if any(b < 1 for b, _ in steps):
-            raise ValueError
-    except ValueError:
-        raise AsymbpError(f"bad batch schedule {cfg.batch_schedule!r}; expected e.g. '100:3,500' "
-                          "(batch 100 for 3 epochs, then 500)") from None
 
     def at(epoch: int) -> int:
         for b, last in steps:
@@ -283,17 +78,7 @@ def batch_schedule(cfg: TrainConfig) -> Callable[[int], int]:
 
 
 def feedback_wd(cfg: TrainConfig) -> tuple[float, float] | None:
-    if not cfg.feedback_weight_decay:
-        return None
-    try:
-        first, after = (float(v) for v in str(cfg.feedback_weight_decay).split(","))
-    except ValueError:
-        raise AsymbpError(f"bad feedback weight decay {cfg.feedback_weight_decay!r}; expected "
-                          "'FIRST,AFTER', e.g. '5e-3,1e-4'") from None
-    if not all(v >= 0 and math.isfinite(v) for v in (first, after)):
-        raise AsymbpError(f"feedback weight decay must be two finite numbers >= 0, got "
-                          f"{cfg.feedback_weight_decay!r}; e.g. '5e-3,1e-4'")
-    return first, after
+    return parse_feedback_weight_decay(cfg.feedback_weight_decay)
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -663,11 +448,6 @@ def _load_checkpoint(path: Path) -> dict | None:
     return state
 
 
-# Config fields that may differ between a checkpoint and the run resuming it.
-_RESUME_FREE = ("device", "compile", "eval_batch_size", "alignment", "data_dir",
-                "channels_last")
-
-
 def _check_resume(path: Path, cfg: TrainConfig, saved: dict | None) -> None:
     """A checkpoint resumes only the run that wrote it (same method, data, lr, seed, ...)."""
     if saved is None:
@@ -677,7 +457,7 @@ def _check_resume(path: Path, cfg: TrainConfig, saved: dict | None) -> None:
     # default that keeps the old behaviour) must not orphan the checkpoints written before it.
     saved = {**TrainConfig().to_dict(), **saved}
     diff = sorted(k for k in set(now) | set(saved)
-                  if k not in _RESUME_FREE and now.get(k) != saved.get(k))
+                  if k not in RESUME_FREE and now.get(k) != saved.get(k))
     if diff:
         shown = ", ".join(f"{k}={saved.get(k)!r} there, {now.get(k)!r} here" for k in diff[:3])
         raise AsymbpError(f"checkpoint {path} belongs to a different run ({shown}); delete it or "

@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
 
 def add_run_options(p, single: bool = True) -> None:
     """The options that define a run (shared with `asymbp sweep`)."""
-    from ..train import COMPILE_MODES, TrainConfig
+    from ..config import COMPILE_MODES, TrainConfig
 
     d = TrainConfig()
     if single:
