@@ -83,8 +83,8 @@ class TrainConfig:
     # -- what is trained (a sweep sets these per run) --
     dataset: str = option("mnist5k", "dataset key (see 'asymbp datasets') or npz:PATH",
                           per_run=True)
-    method: str = option("SGD", "method string, e.g. SGD, uSF+BN+BM, brSF-25+BN+BM, RndF+BN "
-                                "(see 'asymbp methods')", per_run=True)
+    method: str = option("SGD", "method string (see 'asymbp methods'), e.g. SGD, uSF+BN+BM, "
+                                "brSF-25+BN+BM, RndF+BN", per_run=True)
     lr_mult: float = option(1.0, "learning-rate multiplier k: lr = base_lr x k; the paper sweeps "
                                  "100, 10, 1, 0.1, 0.01", metavar="K", per_run=True)
     seed: int = option(1, "seed of the initialisation, batch order and feedback draws",
@@ -97,25 +97,26 @@ class TrainConfig:
     batch_size: int = option(100, "mini-batch size")
     # Table 2's uSF+BM cell also tried batch 100 for 3 epochs, then 500.
     batch_schedule: str | None = option(None, "batch-size schedule, e.g. '100:3,500' = 100 for "
-                                              "3 epochs then 500; default: batch-size throughout",
+                                              "3 epochs then 500 (default: --batch-size every epoch)",
                                         metavar="SPEC")
     base_lr: float = option(5e-4, "base learning rate before the multiplier")
-    weight_decay: float = option(5e-4, "weight decay d (MatConvNet's; the paper does not state "
-                                       "it)")
+    weight_decay: float = option(5e-4, "weight decay d; the paper does not state it, this is "
+                                       "MatConvNet's")
     momentum: float = option(0.9, "momentum m")
     # Li & Benna 2024 align PFA's and KP's V with W through a large first-epoch weight decay.
     feedback_weight_decay: str | None = option(
         None, "weight decay of learned feedback (KP, PFA): first epoch, then after, e.g. "
-              "5e-3,1e-4; default: the weights'", metavar="FIRST,AFTER")
+              "5e-3,1e-4 (default: the weights' decay)", metavar="FIRST,AFTER")
     # -- the protocol --
     protocol: str = option("paper", "paper: best test error over epochs; honest: a validation "
                                     "split picks the epoch", choices=PROTOCOLS, label="protocol")
     val_fraction: float = option(0.1, "validation share of the training set, honest protocol")
     freeze: str = option("none", "Experiment C2: bottom = last layer random and frozen, top = "
-                                 "all but the last (also set by @bottom/@top in a method)",
+                                 "all but the last; a method's @bottom/@top also sets it",
                          choices=FREEZE, label="freeze setting")
-    bn_stats: str = option("paper", "test-time BN statistics: paper (a pass over training "
-                                    "batches after each epoch, EMA) or running averages",
+    bn_stats: str = option("paper", "test-time BN statistics: paper (after each epoch a pass "
+                                    "over bn-stat-batches training batches, an EMA with factor "
+                                    "bn-stat-alpha) or running averages",
                            choices=BN_STATS, label="BN statistics mode")
     bn_stat_batches: int = option(20, "training batches of the paper's post-epoch "
                                       "BN-statistics pass", metavar="N")

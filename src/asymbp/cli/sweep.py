@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print the planned runs and what is already stored; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_run_options(p, single=False)
+    add_run_options(p, per_run=False)
     p.set_defaults(func=run)
 
 
