@@ -96,9 +96,9 @@ class TrainConfig:
                              "scales to it")
     batch_size: int = option(100, "mini-batch size")
     # Table 2's uSF+BM cell also tried batch 100 for 3 epochs, then 500.
-    batch_schedule: str | None = option(None, "batch-size schedule, e.g. '100:3,500' = 100 for "
-                                              "3 epochs then 500 (default: --batch-size every epoch)",
-                                        metavar="SPEC")
+    batch_schedule: str | None = option(
+        None, "batch-size schedule, e.g. '100:3,500' = 100 for 3 epochs then 500 (default: "
+              "--batch-size every epoch)", metavar="SPEC")
     base_lr: float = option(5e-4, "base learning rate before the multiplier")
     weight_decay: float = option(5e-4, "weight decay d; the paper does not state it, this is "
                                        "MatConvNet's")

@@ -137,7 +137,8 @@ class Runner:
 
     def run(self, task: Task, emit) -> tuple:
         """Train `task`, streaming epochs through `emit(event)`; return the final event."""
-        from .train import CheckpointError, train
+        from .execution import CheckpointError
+        from .train import train
 
         config = dict(task.config)
         config["device"] = self.device(config)

@@ -130,10 +130,11 @@ def run(args) -> int:
 
     from .. import data as datasets
     from .. import models
+    from ..config import TrainConfig, check_config
     from ..distributed import local_device
     from ..hardware import bf16_note
     from ..store import json_safe
-    from ..train import TrainConfig, check_config, train
+    from ..train import honest_split, train
 
     rank0 = int(os.environ.get("RANK", "0")) == 0  # data parallel: rank 0 speaks for the run
     if args.nproc is not None and args.nproc < 1:
@@ -156,6 +157,7 @@ def run(args) -> int:
     # network that cannot take its inputs, is one line on stderr, not a bar and a traceback.
     ds = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed)
     models.check_fit(cfg.model or ds.model, ds.input_shape, cfg.dataset)
+    honest_split(cfg, ds)  # an honest split that leaves nothing to train on
     if rank0:
         if not args.json:  # the JSON result says it as "device"
             given = f" ({cfg.device})" if cfg.device != device else ""
