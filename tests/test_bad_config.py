@@ -16,8 +16,8 @@ from torch import nn
 import asymbp
 from asymbp.cli import main
 from asymbp.errors import AsymbpError
-from asymbp.experiments import (MAX_RUNS, MAX_SEEDS, canonical_config, parse_floats,
-                                parse_seeds, plan, run_key)
+from asymbp.sweep import (MAX_RUNS, MAX_SEEDS, canonical_config, parse_floats, parse_seeds,
+                          plan, run_key)
 from asymbp.config import TrainConfig, check_config
 from asymbp.train import train
 

@@ -7,7 +7,7 @@ import pytest
 
 from asymbp import store
 from asymbp.errors import AsymbpError
-from asymbp.experiments import plan, run_key
+from asymbp.sweep import plan, run_key
 
 CFG = {"model": "mlp", "epochs": 2}
 

@@ -306,9 +306,11 @@ def test_checkpoint_resumes_with_other_execution_and_record_fields(npz, tmp_path
 
     with pytest.raises(Stop):
         train(cfg(npz, epochs=2), checkpoint=path, on_epoch=stop_after_1)
-    seen = []
+    seen, starts = [], []
     resumed = train(cfg(npz, epochs=2, alignment=False, eval_batch_size=7, channels_last=False,
-                        device="cpu"), checkpoint=path, on_epoch=lambda row: seen.append(row))
+                        device="cpu"), checkpoint=path, on_epoch=lambda row: seen.append(row),
+                    on_start=starts.append)
+    assert starts == [{"device": "cpu", "first_epoch": 2}]  # once, when epoch 2 is to run
     assert [row["epoch"] for row in resumed["epochs"]] == [1, 2] and len(seen) == 1
     assert "alignment" in resumed["epochs"][0] and "alignment" not in seen[0]
 

@@ -17,7 +17,7 @@ from .methods import MethodSpec, parse_method  # noqa: E402
 # The public submodules not imported above, each imported on first use (PEP 562), so that
 # `import asymbp` does not pay for pandas, matplotlib or Ray: `asymbp.store.load(db)`,
 # `asymbp.train.train(config)`, `asymbp.report` work after a plain `import asymbp`.
-SUBMODULES = ("batched", "cells", "cli", "data", "dfa", "distributed", "errors", "experiments",
+SUBMODULES = ("cells", "cli", "config", "data", "dfa", "distributed", "errors", "execution",
               "feedback", "hardware", "layers", "methods", "metrics", "models", "optim", "paper",
               "plots", "report", "store", "sweep", "train")
 

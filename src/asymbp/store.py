@@ -3,7 +3,7 @@
 Tables (schema version in `meta`, migrated forward on open):
 
 - `runs`: one row per run, keyed by `run_key` (a hash of the experiment and the canonical
-  config, `asymbp.experiments.run_key`), with the full config JSON, provenance (package version,
+  config, `asymbp.sweep.plan.run_key`), with the full config JSON, provenance (package version,
   git commit, host, device), status (pending / running / done / diverged / failed, with the error
   text), start and end times and the result summary.
 - `epochs`: one row per finished epoch of a run, alignment included as JSON; written as each
@@ -272,6 +272,18 @@ class Store:
             out.update(self.con.execute(q, chunk).fetchall())
         return out
 
+    def epochs_done(self, keys) -> dict[str, int]:
+        """How many epochs of each run of `keys` are stored (runs not in the database are left
+        out): where a resumed run's progress starts."""
+        keys = list(keys)
+        out = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            q = (f"SELECT run_key, epochs_done FROM runs WHERE run_key IN "
+                 f"({','.join('?' * len(chunk))})")
+            out.update(self.con.execute(q, chunk).fetchall())
+        return out
+
     def start(self, key: str, host: str, device: str, version: str, commit: str | None) -> None:
         with self.con:
             self.con.execute(
@@ -320,6 +332,17 @@ class Store:
         with self.con:
             self.con.execute("UPDATE runs SET status='failed', error=?, finished=? "
                              "WHERE run_key=?", (error, _now(), key))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (the sweep's driver named in `meta`)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
 
 
 # ---- the pandas view ----------------------------------------------------------------------

@@ -94,7 +94,8 @@ def feedback_weight_decay_at(epoch: int, cfg: TrainConfig) -> float | None:
 
 def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None = None,
           checkpoint: str | os.PathLike | None = None,
-          data: datasets.Dataset | None = None) -> dict:
+          data: datasets.Dataset | None = None,
+          on_start: Callable[[dict], None] | None = None) -> dict:
     """Train one run and return its metrics.
 
     Arguments:
@@ -103,6 +104,8 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
         checkpoint: a file path; the run saves its state there after every epoch and, if the
             file exists, resumes from it (the finished epochs are not redone).
         data: an already loaded dataset (skips loading `config.dataset`).
+        on_start: called once every check has passed (the checkpoint's too) and the first
+            epoch is about to run, with `{"device": ..., "first_epoch": ...}`.
 
     Returns:
         A dict: `config`, `method` (canonical), `test_error` (final, %), `best_test_error` (%),
@@ -128,6 +131,8 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
     generators = {"data_gen": data_gen, "stat_gen": stat_gen}  # their checkpoint names
     progress = execution.resume(model, optimizer, generators)
     start_epoch = progress.next_epoch
+    if on_start is not None and execution.main:
+        on_start({"device": str(device), "first_epoch": start_epoch})
 
     n = len(tensors.x_train)
     mirrored = any(getattr(l.feedback, "mirrored", False) for _, l in asym_layers(model))

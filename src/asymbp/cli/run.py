@@ -152,24 +152,28 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig.from_dict(config_from_args(args))
     check_config(cfg)  # every user mistake fails here, before data or a file is touched
-    device = local_device(cfg.device)  # so does a device this machine does not have
+    local_device(cfg.device)  # so does a device this machine does not have
     # Load (and validate) the data before the progress bar starts, so that a bad dataset, or a
     # network that cannot take its inputs, is one line on stderr, not a bar and a traceback.
     ds = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed)
     models.check_fit(cfg.model or ds.model, ds.input_shape, cfg.dataset)
     honest_split(cfg, ds)  # an honest split that leaves nothing to train on
-    if rank0:
-        if not args.json:  # the JSON result says it as "device"
-            given = f" ({cfg.device})" if cfg.device != device else ""
-            print(f"device: {device}{given}", file=sys.stderr, flush=True)
-        if note := bf16_note(cfg.amp, device):
-            print(note, file=sys.stderr, flush=True)
     bar = None
-    if not args.no_progress and not args.json and rank0:
-        from tqdm import tqdm
 
-        bar = tqdm(total=cfg.epochs, desc=f"{cfg.method} on {cfg.dataset}", unit="epoch",
-                   file=sys.stderr, leave=False)
+    def on_start(run):
+        # Once train() has checked everything (a bad checkpoint is still one line on stderr,
+        # nothing before it): the device, a note, the bar. Rank 0 only.
+        nonlocal bar
+        if not args.json:  # the JSON result says it as "device"
+            given = f" ({cfg.device})" if cfg.device != run["device"] else ""
+            print(f"device: {run['device']}{given}", file=sys.stderr, flush=True)
+        if note := bf16_note(cfg.amp, run["device"]):
+            print(note, file=sys.stderr, flush=True)
+        if not args.no_progress and not args.json:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.epochs, initial=run["first_epoch"] - 1, unit="epoch",
+                       desc=f"{cfg.method} on {cfg.dataset}", file=sys.stderr, leave=False)
 
     def on_epoch(row):
         if bar is not None:
@@ -178,7 +182,8 @@ def run(args) -> int:
         elif not args.json:
             print(epoch_line(row), flush=True)
 
-    result = train(cfg, on_epoch=on_epoch, checkpoint=args.checkpoint, data=ds)
+    result = train(cfg, on_epoch=on_epoch, checkpoint=args.checkpoint, data=ds,
+                   on_start=on_start)
     if bar is not None:
         bar.close()
     if not rank0:

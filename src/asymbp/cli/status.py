@@ -18,13 +18,13 @@ def add_parser(sub) -> None:
 def _sweep_alive(meta: dict) -> bool | None:
     import socket
 
-    from ..sweep import _pid_alive
+    from ..store import pid_alive
 
     if meta.get("sweep_state") != "running" or not meta.get("sweep_pid"):
         return False
     if meta.get("sweep_host") != socket.gethostname():
         return None  # cannot tell from here
-    return _pid_alive(int(meta["sweep_pid"]))
+    return pid_alive(int(meta["sweep_pid"]))
 
 
 def run(args) -> int:

@@ -9,7 +9,8 @@ Experiment A's `uSF+BM` cell runs both. The cell value then takes the best over 
 runs (`asymbp.cells`).
 
 `plan(...)` turns an experiment (or a user grid of methods × datasets) into `RunSpec`s; it
-validates every name first, so a mistake is one line before any work is done.
+validates every name first, so a mistake is one line before any work is done. `cell(...)` gives
+the plain configs of one cell (for `train_many`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,17 @@ import hashlib
 import json
 import math
 import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
-from .config import NOT_IN_KEY, PER_RUN, TrainConfig, check_config
-from .errors import AsymbpError, unknown
+from .. import data
+from ..config import NOT_IN_KEY, PER_RUN, TrainConfig, check_config
+from ..errors import AsymbpError, unknown
+from ..methods import parse_method
+from ..registry import Registry
 
-LR_MULTS = (100.0, 10.0, 1.0, 0.1, 0.01)  # k in lr = 5e-4 × k (DESIGN §6)
+# The paper's five learning-rate multipliers k (base = 5e-4 × k), DESIGN §6.
+LR_MULTS = (100.0, 10.0, 1.0, 0.1, 0.01)
 SEEDS = (1,)
 GRID = "grid"  # the experiment label of a user grid (methods × datasets)
 # Beyond these a sweep is a typo ("1-1000000"), not a plan: refused before a list is built.
@@ -49,26 +55,26 @@ class Experiment:
 
     @property
     def columns(self) -> list[str]:
-        from .paper import columns
+        from ..paper import columns  # pandas: imported when a table is read
 
         return columns(self.key)
 
     @property
     def datasets(self) -> list[str]:
-        from .paper import published
+        from ..paper import published
 
         return list(published(self.key).index)
 
 
-EXPERIMENTS: dict[str, Experiment] = {}
+EXPERIMENTS: Registry[Experiment] = Registry("experiment",
+                                             "or give --methods and --datasets for a grid")
 
 
 def register(key: str, procedures: dict | None = None) -> Experiment:
-    from .paper import TABLES
+    """Register the paper's table `key` as an experiment (`procedures`: see `Experiment`)."""
+    from ..paper import TABLES
 
-    exp = Experiment(key, TABLES[key][1], procedures or {})
-    EXPERIMENTS[key] = exp
-    return exp
+    return EXPERIMENTS.register(key, Experiment(key, TABLES[key][1], procedures or {}))
 
 
 # Table 2: "uSF+BM ... we also tried batch size 100 for 3 epochs, then 500" — the better counts.
@@ -82,10 +88,7 @@ register("BM")
 
 def get(key: str) -> Experiment:
     """The experiment `key` (case-insensitive), or the one-line error listing the valid ones."""
-    for k, exp in EXPERIMENTS.items():
-        if k.lower() == str(key).lower():
-            return exp
-    raise unknown("experiment", key, EXPERIMENTS, "or give --methods and --datasets for a grid")
+    return EXPERIMENTS[key]
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,13 @@ def parse_seeds(text: str | None) -> list[int]:
     return out
 
 
+def cell(method: str, dataset: str, seeds: Iterable[int] = SEEDS, lr_mults=LR_MULTS,
+         **options) -> list[dict]:
+    """The configs of one (method, dataset) cell: every lr multiplier × every seed."""
+    return [dict(dataset=dataset, method=method, lr_mult=float(k), seed=int(s), **options)
+            for s in seeds for k in lr_mults]
+
+
 def plan(experiment: str | None = None, methods: list[str] | None = None,
          datasets: list[str] | None = None, lr_mults=LR_MULTS, seeds=SEEDS,
          base: dict | None = None) -> list[RunSpec]:
@@ -197,9 +207,6 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
         `RunSpec`s in a stable order: dataset, method, procedure, multiplier, seed; a run key
         appears once (a repeated multiplier, seed, method or dataset adds no run).
     """
-    from . import data
-    from .methods import parse_method
-
     base = dict(base or {})
     for k in PER_RUN:  # each run's own
         base.pop(k, None)
