@@ -1,8 +1,9 @@
 """The driver of a sweep: the planned runs into the results database (DESIGN §6, §8).
 
-`sweep(runs, db)` (runs from `asymbp.sweep.plan`) is the driver: it records every planned run in the results database, skips the
-finished ones, hands the rest to an executor and writes what comes back — it is the only writer
-of the database. An executor is a generator of events, the same whichever runs the work:
+`sweep(runs, db)` (runs from `asymbp.sweep.plan`) is the driver: it records every planned run in
+the results database, skips the finished ones, hands the rest to an executor and writes what
+comes back — it is the only writer of the database. An executor is a generator of events, the
+same whichever runs the work:
 
     ("start", worker, run_key, device)   a worker began (or resumed) the run on `device`
     ("epoch", worker, run_key, row)      an epoch finished (the row `train` gives `on_epoch`)
@@ -32,6 +33,7 @@ with `if __name__ == "__main__":` (the spawned workers import the main module).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -108,18 +110,12 @@ def sweep(runs: list[RunSpec], db, *, workers: int = 1, backend: str = "local",
     threads = threads or threads_per_worker(workers)
     log = sys.stdout if log is None else log
     from .._provenance import provenance
-    from ..store import Store, check, check_writable  # pandas: imported when a sweep starts
+    from ..store import check, check_writable  # pandas: imported when a sweep starts
 
     check(db)  # a bad --db stops here, before the lock file is made
     check_writable(db)
     prov = provenance()
-    lock = take_lock(db)
-    try:
-        store = Store(db)
-    except BaseException:
-        os.close(lock)
-        raise
-    try:
+    with _locked_store(db) as store:
         store.add_runs(runs)
         by_key = {r.key: r for r in runs}
         status = store.statuses(by_key)
@@ -128,8 +124,9 @@ def sweep(runs: list[RunSpec], db, *, workers: int = 1, backend: str = "local",
         counts = {"planned": len(by_key), "skipped": len(by_key) - len(todo)}
         resumed = sum(1 for r in todo if status[r.key] == "running")
         if log and (counts["skipped"] or resumed):
-            print(f"{counts['skipped']} of {len(by_key)} runs already done, diverged or failed in {db}; "
-                  f"{resumed} resume from their last epoch checkpoint", file=log, flush=True)
+            print(f"{counts['skipped']} of {len(by_key)} runs already done, diverged or failed "
+                  f"in {db}; {resumed} resume from their last epoch checkpoint", file=log,
+                  flush=True)
         if not todo:
             return {**counts, **_final_counts(store, by_key)}
         store.set_meta(sweep_pid=os.getpid(), sweep_host=socket.gethostname(),
@@ -137,83 +134,117 @@ def sweep(runs: list[RunSpec], db, *, workers: int = 1, backend: str = "local",
         ckdir = checkpoint_dir(db)
         ckdir.mkdir(exist_ok=True)
         tasks = [Task(r.key, r.config, str(ckdir / f"{r.key}.pt")) for r in todo]
-        done_epochs = {r.key: 0 for r in todo}
-        done_epochs.update(store.epochs_done(done_epochs))
-        epochs = {r.key: TrainConfig.from_dict(r.config).epochs for r in todo}  # its default
-        total_epochs = sum(epochs[r.key] - done_epochs[r.key] for r in todo)
-
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=max(total_epochs, 0), unit="epoch", file=sys.stderr,
-                       dynamic_ncols=True, smoothing=0.05)
-        n_done, running = 0, {}
-
-        def show():
-            if bar is not None:
-                bar.set_description(f"runs {n_done}/{len(todo)}", refresh=False)
-                bar.set_postfix_str(" | ".join(
-                    f"w{w}: {label(by_key[k])} e{done_epochs[k]}"
-                    for w, k in sorted(running.items())), refresh=True)
-
-        def say(line):
-            if bar is not None:
-                bar.write(line, file=log)
-            elif log:
-                print(line, file=log, flush=True)
-
+        writer = _Writer(store, by_key, todo, ckdir, prov, progress, log)
         if backend == "ray":
             events = run_ray(tasks, workers, threads, address)
         else:
             events = run_local(tasks, workers, threads)
-        show()
         for ev in events:
-            kind, w, key = ev[:3]
-            run = by_key[key]
-            if kind == "start":
-                running[w] = key
-                # the device the worker resolved and placed the run on (auto -> cuda:3)
-                device = ev[3] if len(ev) > 3 else str(run.config.get("device", "auto"))
-                store.start(key, prov["host"], device, prov["version"], prov["commit"])
-            elif kind == "epoch":
-                store.add_epoch(key, ev[3])
-                done_epochs[key] = max(done_epochs[key], int(ev[3]["epoch"]))
-                if bar is not None:
-                    bar.update(1)
-            elif kind == "done":
-                result = ev[3]
-                for row in result.get("epochs", []):  # epochs lost in flight before a kill
-                    store.add_epoch(key, row)
-                store.finish(key, result)
-                (ckdir / f"{key}.pt").unlink(missing_ok=True)
-                left = epochs[key] - done_epochs[key]
-                if bar is not None and left > 0:
-                    bar.update(left)  # a diverged run ends early
-                n_done += 1
-                running.pop(w, None)
-                state = (f"DIVERGED at epoch {result['diverged_epoch']}" if result["diverged"]
-                         else f"best {result['best_test_error']:.2f}%")
-                say(f"{label(run)}: {state} ({result['seconds']:.1f}s)")
-            elif kind == "restart":  # its checkpoint could not be loaded: from epoch 1 again
-                store.reset_epochs(key)
-                if bar is not None:
-                    bar.total += done_epochs[key]
-                done_epochs[key] = 0
-                say(f"{label(run)}: {ev[3]}")
-            elif kind == "failed":
-                store.fail(key, ev[3])
-                n_done += 1
-                running.pop(w, None)
-                say(f"{label(run)}: FAILED: {ev[3].splitlines()[0]}")
-            show()
-        if bar is not None:
-            bar.close()
+            writer.write(ev)
+        writer.close()
         store.set_meta(sweep_state="finished", sweep_finished=time.time())
         return {**counts, **_final_counts(store, by_key)}
+
+
+@contextlib.contextmanager
+def _locked_store(db):
+    """The results database, opened for writing while this process holds its lock."""
+    from ..store import Store
+
+    lock = take_lock(db)
+    try:
+        store = Store(db)
+    except BaseException:
+        os.close(lock)
+        raise
+    try:
+        yield store
     finally:
         store.close()
         os.close(lock)
+
+
+class _Writer:
+    """What the driver does with each executor event: the store's rows (it is their only
+    writer), the progress bar (epochs done / to do, each worker's run) and one log line per
+    finished run."""
+
+    def __init__(self, store, by_key: dict[str, RunSpec], todo: list[RunSpec], ckdir: Path,
+                 prov: dict, progress: bool, log):
+        self.store, self.by_key, self.ckdir, self.prov, self.log = store, by_key, ckdir, prov, log
+        self.n_todo, self.n_done, self.running = len(todo), 0, {}  # worker -> run key
+        self.done_epochs = {r.key: 0 for r in todo}
+        self.done_epochs.update(store.epochs_done(self.done_epochs))
+        self.epochs = {r.key: TrainConfig.from_dict(r.config).epochs for r in todo}  # default
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            total = sum(self.epochs[k] - self.done_epochs[k] for k in self.epochs)
+            self.bar = tqdm(total=max(total, 0), unit="epoch", file=sys.stderr,
+                            dynamic_ncols=True, smoothing=0.05)
+        self.show()
+
+    def write(self, ev: tuple) -> None:
+        kind, w, key = ev[:3]
+        run, done_epochs = self.by_key[key], self.done_epochs
+        if kind == "start":
+            self.running[w] = key
+            # the device the worker resolved and placed the run on (auto -> cuda:3)
+            device = ev[3] if len(ev) > 3 else str(run.config.get("device", "auto"))
+            self.store.start(key, self.prov["host"], device, self.prov["version"],
+                             self.prov["commit"])
+        elif kind == "epoch":
+            self.store.add_epoch(key, ev[3])
+            done_epochs[key] = max(done_epochs[key], int(ev[3]["epoch"]))
+            self.advance(1)
+        elif kind == "done":
+            result = ev[3]
+            for row in result.get("epochs", []):  # epochs lost in flight before a kill
+                self.store.add_epoch(key, row)
+            self.store.finish(key, result)
+            (self.ckdir / f"{key}.pt").unlink(missing_ok=True)
+            self.advance(self.epochs[key] - done_epochs[key])  # a diverged run ends early
+            self.finished(w)
+            state = (f"DIVERGED at epoch {result['diverged_epoch']}" if result["diverged"]
+                     else f"best {result['best_test_error']:.2f}%")
+            self.say(f"{label(run)}: {state} ({result['seconds']:.1f}s)")
+        elif kind == "restart":  # its checkpoint could not be loaded: from epoch 1 again
+            self.store.reset_epochs(key)
+            if self.bar is not None:
+                self.bar.total += done_epochs[key]
+            done_epochs[key] = 0
+            self.say(f"{label(run)}: {ev[3]}")
+        elif kind == "failed":
+            self.store.fail(key, ev[3])
+            self.finished(w)
+            self.say(f"{label(run)}: FAILED: {ev[3].splitlines()[0]}")
+        self.show()
+
+    def finished(self, worker: int) -> None:
+        self.n_done += 1
+        self.running.pop(worker, None)
+
+    def advance(self, epochs: int) -> None:
+        if self.bar is not None and epochs > 0:
+            self.bar.update(epochs)
+
+    def show(self) -> None:
+        if self.bar is not None:
+            self.bar.set_description(f"runs {self.n_done}/{self.n_todo}", refresh=False)
+            self.bar.set_postfix_str(" | ".join(
+                f"w{w}: {label(self.by_key[k])} e{self.done_epochs[k]}"
+                for w, k in sorted(self.running.items())), refresh=True)
+
+    def say(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=self.log)
+        elif self.log:
+            print(line, file=self.log, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _final_counts(store, by_key) -> dict:
