@@ -49,8 +49,8 @@ from .optim import make_optimizer
 
 # TrainConfig is asymbp.config's, re-exported: `asymbp.train.TrainConfig` is public (DESIGN §9).
 __all__ = ["TrainConfig", "train", "lr_at", "batch_schedule", "feedback_weight_decay_at",
-           "prepare_data", "build_model", "refresh_bn_stats", "evaluate", "error_rate",
-           "epoch_alignment", "summarize"]
+           "prepare_data", "honest_split", "build_model", "refresh_bn_stats", "evaluate",
+           "error_rate", "epoch_alignment", "summarize"]
 
 
 # ---- the schedules ------------------------------------------------------------------------
