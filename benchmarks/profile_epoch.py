@@ -1,10 +1,12 @@
 """Where the time of a training epoch goes: by phase and by kind of operation.
 
 Phases: the mini-batch steps, the paper's BN-statistics pass, evaluation on the test set and
-the alignment metrics (timed by wrapping those functions of `asymbp.train`). Operations: torch's
-profiler over the same epochs, its self times summed into kinds (convolution forward and
-backward, matmul, batch norm, pooling, ReLU, the optimizer, feedback weights, copies, other),
-each with its share and, for the kinds that do FLOPs, the FLOPs the network needs for them.
+the alignment metrics (timed by wrapping the recipe's public steps `refresh_bn_stats`,
+`error_rate` and `epoch_alignment` of `asymbp.train`, which `train()` looks up as it runs).
+Operations: torch's profiler over the same epochs, its self times summed into kinds
+(convolution forward and backward, matmul, batch norm, pooling, ReLU, the optimizer, feedback
+weights, copies, other), each with its share and, for the kinds that do FLOPs, the FLOPs the
+network needs for them.
 Synthetic data of the real shapes, as in epoch_time.py.
 
     python benchmarks/profile_epoch.py                          # mnist, uSF+BN+BM, 1 thread
@@ -81,10 +83,10 @@ def main(argv=None) -> int:
     T.train({**config, "epochs": 1}, data=data)  # warm-up
 
     phases: dict[str, float] = defaultdict(float)
-    saved = T.refresh_bn_stats, T.error_rate, T._alignment
+    saved = T.refresh_bn_stats, T.error_rate, T.epoch_alignment
     T.refresh_bn_stats = timed(saved[0], phases, "BN-statistics pass")
     T.error_rate = timed(saved[1], phases, "evaluation")
-    T._alignment = timed(saved[2], phases, "alignment metrics")
+    T.epoch_alignment = timed(saved[2], phases, "alignment metrics")
     try:
         activities = [ProfilerActivity.CPU]
         if args.device.startswith("cuda"):
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
         with profile(activities=activities) as prof:
             result = T.train({**config, "epochs": args.epochs}, data=data)
     finally:
-        T.refresh_bn_stats, T.error_rate, T._alignment = saved
+        T.refresh_bn_stats, T.error_rate, T.epoch_alignment = saved
     total = sum(e["seconds"] for e in result["epochs"])
     phases = {"mini-batch steps": total - sum(phases.values()), **phases}
 

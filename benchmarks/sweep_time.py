@@ -1,5 +1,5 @@
 """Runs per hour for one cell (a method × the 5 learning-rate multipliers): sequential runs vs
-concurrent workers (`asymbp.batched.train_many`) vs one grouped ("batched") model.
+concurrent workers (`asymbp.sweep.train_many`) vs one grouped ("batched") model.
 
 - `sequential`: the five runs one after another in this process, all threads.
 - `WxT`: W worker processes with T threads each (train_many); wall time includes starting the
@@ -42,10 +42,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from step_time import matmul_peak, sync
 
 from asymbp import data as datasets
-from asymbp.batched import LR_MULTS, cell, train_many
+from asymbp.config import TrainConfig
+from asymbp.sweep import LR_MULTS, cell, train_many
 from asymbp.train import train
 
-FULL_EPOCHS = 65  # runs/hour are of the paper's 65-epoch runs
+FULL_EPOCHS = TrainConfig().epochs  # runs/hour are of the paper's 65-epoch runs
 
 
 def run_flops(config: dict, data) -> int:
@@ -166,7 +167,7 @@ def synthetic_like(key: str):
 
 
 def project_experiment(key: str, args, data, peak: float) -> dict:
-    from asymbp.experiments import plan
+    from asymbp.sweep import plan
 
     runs = plan(key, datasets=[args.dataset])
     shapes: dict[tuple, list] = {}  # (method, procedure) -> its runs

@@ -322,7 +322,7 @@ def _pin():
 
 def some_runs(tmp_path, **kw):
     """The planned runs of a small grid over a tiny npz dataset written to `tmp_path`."""
-    from asymbp.experiments import plan
+    from asymbp.sweep import plan
 
     path = tmp_path / "d.npz"
     x = np.zeros((4, 8), np.float32)

@@ -16,9 +16,10 @@ from torch import nn
 import asymbp
 from asymbp.cli import main
 from asymbp.errors import AsymbpError
-from asymbp.experiments import (MAX_RUNS, MAX_SEEDS, canonical_config, parse_floats,
-                                parse_seeds, plan, run_key)
-from asymbp.train import TrainConfig, check_config, train
+from asymbp.sweep import (MAX_RUNS, MAX_SEEDS, canonical_config, parse_floats, parse_seeds,
+                          plan, run_key)
+from asymbp.config import TrainConfig, check_config
+from asymbp.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -325,3 +326,23 @@ def test_file_mirror_is_a_url(tmp_path, monkeypatch, pin, write_mnist):
     paths = dl.download("mnist", tmp_path / "data", mirror=(tmp_path / "mirror").as_uri(),
                         progress=False, log=lambda *_: None)
     assert dl.status("mnist", tmp_path / "data")[0] == "ready" and len(paths) == 4
+
+
+# ---- the roles of the config fields ------------------------------------------------------------
+
+
+def test_roles_give_the_run_key_and_the_resume_rules():
+    # One declaration per field (asymbp.config.option): what the run key leaves out and what a
+    # checkpoint may differ in are derived from it, so the two lists cannot drift apart.
+    from asymbp.config import NOT_IN_KEY, PER_RUN, RESUME_FREE
+
+    assert set(NOT_IN_KEY) == {"device", "data_dir", "compile", "channels_last",
+                               "eval_batch_size"}
+    assert set(RESUME_FREE) == set(NOT_IN_KEY) | {"alignment"}
+    assert PER_RUN == ("dataset", "method", "lr_mult", "seed")
+    base = {"dataset": "mnist5k", "method": "SGD", "lr_mult": 1.0, "seed": 1}
+    other = {"device": "cpu", "data_dir": "/elsewhere", "compile": True, "channels_last": False,
+             "eval_batch_size": 7}
+    for name in NOT_IN_KEY:
+        assert run_key("A", {**base, name: other[name]}) == run_key("A", base), name
+    assert run_key("A", {**base, "alignment": False}) != run_key("A", base)  # recorded: in it

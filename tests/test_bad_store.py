@@ -20,9 +20,8 @@ import torch
 from asymbp import store
 from asymbp.cli import main
 from asymbp.errors import AsymbpError
-from asymbp.experiments import plan
 from asymbp.feedback import SCHEMES
-from asymbp.sweep import checkpoint_dir, lock_path, sweep, take_lock
+from asymbp.sweep import checkpoint_dir, lock_path, plan, sweep, take_lock
 from asymbp.train import train
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

@@ -14,8 +14,7 @@ import torch
 from asymbp import hardware, models, store
 from asymbp.cli import main
 from asymbp.errors import AsymbpError
-from asymbp.experiments import plan, run_key
-from asymbp.sweep import worker_device
+from asymbp.sweep import plan, run_key, worker_device
 from asymbp.train import TrainConfig, train
 
 

@@ -165,3 +165,65 @@ def test_help_explains_every_option(capsys):
 def test_methods_command_exists(capsys):
     assert main(["methods"]) == 0
     assert "brSF" in capsys.readouterr().out
+
+
+# ---- the options are generated from TrainConfig's fields ---------------------------------------
+
+
+def _sweep_parser():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return sub.choices["sweep"]
+
+
+def test_every_config_field_has_its_option_with_its_declared_help():
+    from asymbp.config import FIELDS, PER_RUN
+
+    run_dests = {a.dest: a for a in _run_parser()._actions}
+    sweep_dests = {a.dest for a in _sweep_parser()._actions}
+    for f in FIELDS:
+        if f.name == "scheme_options":  # a dict: the method string gives scheme options
+            assert f.name not in run_dests and f.name not in sweep_dests
+            continue
+        action = run_dests[f.name]
+        assert "--" + f.name.replace("_", "-") in action.option_strings
+        assert action.help.startswith(f.metadata["help"][:20]), f.name
+        if f.metadata["choices"]:
+            assert tuple(action.choices) == f.metadata["choices"], f.name
+        # a sweep sets dataset, method, lr_mult and seed per run (its plural options)
+        assert (f.name in sweep_dests) == (f.name not in PER_RUN), f.name
+
+
+def test_options_give_the_config_and_the_rebuilt_command_line_gives_it_again():
+    from asymbp.cli.run import _argv_without_nproc, config_from_args
+
+    parser = build_parser()
+    argv = ["run", "--dataset", "mnist1d", "--method", "uSF+BN+BM", "--lr-mult", "0.1",
+            "--seed", "7", "--epochs", "3", "--batch-schedule", "100:1,500", "--protocol",
+            "honest", "--no-alignment", "--no-channels-last", "--compile", "--diverge-loss",
+            "inf", "--eval-batch-size", "64", "--bn-stat-alpha", "0.1", "--base-lr", "1e-05",
+            "--threads", "1", "--json", "--nproc", "2"]
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    assert cfg["alignment"] is False and cfg["channels_last"] is False and cfg["compile"] is True
+    assert cfg["diverge_loss"] == float("inf") and cfg["eval_batch_size"] == 64
+    assert cfg["lr_mult"] == 0.1 and cfg["seed"] == 7 and cfg["base_lr"] == 1e-5
+    assert "model" not in cfg and "data_dir" not in cfg  # unset: the config's default
+    again = parser.parse_args(_argv_without_nproc(args))
+    assert config_from_args(again) == cfg
+    assert again.threads == 1 and again.json and again.nproc is None
+    mode = parser.parse_args(["run", "--compile", "max-autotune", "--alignment"])
+    assert config_from_args(parser.parse_args(_argv_without_nproc(mode)))["compile"] == \
+        "max-autotune"
+
+
+def test_diverge_loss_option(blobs, capsys):
+    # the field's option comes with the generator: a low bound stops the run in epoch 1
+    assert main(["run", "--dataset", f"npz:{blobs}", "--epochs", "2", "--batch-size", "20",
+                 "--threads", "1", "--json", "--diverge-loss", "1e-3"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["diverged"] is True and result["diverged_epoch"] == 1
+    assert result["config"]["diverge_loss"] == 1e-3
+    assert main(["run", "--dataset", f"npz:{blobs}", "--epochs", "1", "--threads", "1",
+                 "--diverge-loss", "0"]) == 2
+    assert "diverge_loss must be > 0" in capsys.readouterr().err

@@ -46,8 +46,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory, tiny):
-    from asymbp.experiments import plan
-    from asymbp.sweep import sweep
+    from asymbp.sweep import plan, sweep
 
     path = tmp_path_factory.mktemp("sweep") / "results.db"
     runs = plan("A", methods=METHODS, datasets=[tiny], lr_mults=[1, 10], seeds=[1],

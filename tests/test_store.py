@@ -7,7 +7,7 @@ import pytest
 
 from asymbp import store
 from asymbp.errors import AsymbpError
-from asymbp.experiments import run_key
+from asymbp.sweep import run_key
 
 
 def test_new_database_is_wal_and_versioned(tmp_path):

@@ -1,4 +1,4 @@
-"""Sweeps (asymbp.experiments, asymbp.sweep, `asymbp sweep`/`status`): plans, bad input,
+"""Sweeps (asymbp.sweep: plan and driver, `asymbp sweep`/`status`): plans, bad input,
 kill -9 and resume, divergence, and the Ray backend agreeing with local processes."""
 
 import os
@@ -15,8 +15,7 @@ from asymbp import paper, store
 from asymbp.report import cell_values
 from asymbp.cli import main
 from asymbp.errors import AsymbpError
-from asymbp.experiments import EXPERIMENTS, LR_MULTS, parse_seeds, plan
-from asymbp.sweep import sweep
+from asymbp.sweep import EXPERIMENTS, LR_MULTS, parse_seeds, plan, sweep
 
 
 @pytest.fixture(scope="module")
@@ -282,3 +281,18 @@ def test_ray_gpu_share_per_worker():
     assert gpus_per_worker(8, 4) == 1.0  # never more than one GPU per run
     with pytest.raises(AsymbpError, match="no GPU"):
         gpus_per_worker(0, 2)
+
+
+def test_the_store_tells_the_driver_epochs_done_and_whether_a_sweep_lives(tmp_path):
+    # what the driver and `asymbp status` ask the store (no SQL of their own)
+    runs = plan(methods=["SGD"], datasets=["mnist5k"], lr_mults=[1, 10], base={"epochs": 3})
+    with store.Store(tmp_path / "r.db") as s:
+        s.add_runs(runs)
+        s.add_epoch(runs[0].key, {"epoch": 1, "train_loss": 1.0, "test_error": 50.0})
+        s.add_epoch(runs[0].key, {"epoch": 2, "train_loss": 0.5, "test_error": 40.0})
+        assert s.epochs_done([r.key for r in runs] + ["not-a-run"]) == {runs[0].key: 2,
+                                                                        runs[1].key: 0}
+    assert store.pid_alive(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not store.pid_alive(child.pid)  # gone (and reaped)

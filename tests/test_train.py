@@ -304,6 +304,24 @@ def test_checkpoint_of_another_run_is_refused(npz, tmp_path):
         train(cfg(npz, epochs=1, alignment=False, lr_mult=10), checkpoint=path)
 
 
+def test_checkpoint_resumes_with_other_execution_and_record_fields(npz, tmp_path):
+    # the fields whose role is EXECUTION or RECORD (asymbp.config.RESUME_FREE) may differ
+    path = tmp_path / "run.pt"
+
+    def stop_after_1(row):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg(npz, epochs=2), checkpoint=path, on_epoch=stop_after_1)
+    seen, starts = [], []
+    resumed = train(cfg(npz, epochs=2, alignment=False, eval_batch_size=7, channels_last=False,
+                        device="cpu"), checkpoint=path, on_epoch=lambda row: seen.append(row),
+                    on_start=starts.append)
+    assert starts == [{"device": "cpu", "first_epoch": 2}]  # once, when epoch 2 is to run
+    assert [row["epoch"] for row in resumed["epochs"]] == [1, 2] and len(seen) == 1
+    assert "alignment" in resumed["epochs"][0] and "alignment" not in seen[0]
+
+
 # ---- learned feedback, Experiment C2 ---------------------------------------------------------
 
 

@@ -17,9 +17,9 @@ from .methods import MethodSpec, parse_method  # noqa: E402
 # The public submodules not imported above, each imported on first use (PEP 562), so that
 # `import asymbp` does not pay for pandas, matplotlib or Ray: `asymbp.store.load(db)`,
 # `asymbp.train.train(config)`, `asymbp.report` work after a plain `import asymbp`.
-SUBMODULES = ("batched", "cli", "data", "distributed", "errors", "experiments", "feedback",
-              "hardware", "layers", "methods", "metrics", "models", "optim", "paper", "report",
-              "rng", "store", "sweep", "train")
+SUBMODULES = ("augment", "cli", "config", "data", "distributed", "errors", "execution",
+              "feedback", "hardware", "layers", "methods", "metrics", "models", "optim", "paper",
+              "registry", "report", "rng", "store", "sweep", "train")
 
 
 def __getattr__(name: str):

@@ -3,7 +3,7 @@
 Tables (schema version in `meta`, migrated forward on open):
 
 - `runs`: one row per run, keyed by `run_key` (a hash of the experiment and the canonical
-  config, `asymbp.experiments.run_key`), with the full config JSON, provenance (package version,
+  config, `asymbp.sweep.plan.run_key`), with the full config JSON, provenance (package version,
   git commit, host, device), status (pending / running / done / diverged / failed, with the error
   text), start and end times and the result summary.
 - `epochs`: one row per finished epoch of a run, alignment included as JSON; written as each

@@ -1,33 +1,32 @@
 """One training run (DESIGN §3–6): a config in, per-epoch metrics out.
 
-`train(config)` reads top to bottom in the order a run happens:
+`train(config)` is the paper's recipe and reads top to bottom in the order a run happens:
 
 1. load the data, hold out a validation split (honest protocol), normalise with the training
    set's per-channel mean and std, put everything on the device as tensors;
 2. build the network (the dataset's Table-1 network by default), convert it to the method's
    feedback scheme, freeze layers for Experiment C2;
 3. make the method's optimizer (SGD or Batch Manhattan) over every trainable parameter;
-4. for each epoch: set the learning rate (base for the first 50/65 of the run, base/10 to 60/65,
-   base/100 after), train on mini-batches drawn by index permutation, refresh the test-time BN
-   statistics (paper protocol: 20 training batches, EMA α = 0.05), evaluate, record metrics;
+4. for each epoch: set the learning rate (`lr_at`: base for the first 50/65 of the run, base/10
+   to 60/65, base/100 after), train on mini-batches drawn by index permutation, refresh the
+   test-time BN statistics (paper protocol: 20 training batches, EMA α = 0.05), evaluate,
+   measure the alignment, record the epoch's metrics;
 5. a run diverges, and ends, at the first epoch whose mean per-example training loss is NaN,
    inf or above `diverge_loss` (default 1e4: chance level is ln C, 2.3 for 10 classes), or
    whose weights are no longer finite; its test error is then NaN.
 
-Nothing here knows about grids, processes or storage; `on_epoch` streams each epoch's metrics
-and `checkpoint` (a path) makes the run resumable from its last finished epoch.
+Where and how it executes — the device, NHWC memory, data-parallel processes, torch.compile,
+the checkpoint — is `asymbp.execution`'s, which the recipe calls at a few points. Nothing here
+knows about grids, processes or storage; `on_epoch` streams each epoch's metrics and
+`checkpoint` (a path) makes the run resumable from its last finished epoch.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
 import os
 import time
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -39,206 +38,22 @@ from . import data as datasets
 from . import metrics
 from . import models
 from ._provenance import provenance
+from .config import TrainConfig, check_config, parse_batch_schedule, parse_feedback_weight_decay
 from .convert import convert
-from .distributed import data_parallel, local_device
 from .errors import AsymbpError
+from .execution import Execution
 from .feedback import MirrorSchedule
-from .hardware import check_device_name
 from .layers import asym_layers, renormalize
-from .methods import MethodSpec, parse_method
+from .methods import MethodSpec
 from .optim import make_optimizer
 
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run. Defaults are the paper's protocol (DESIGN §6)."""
-
-    dataset: str = "mnist5k"  # a dataset key or npz:PATH
-    method: str = "SGD"  # a method string (DESIGN §4)
-    model: str | None = None  # default: the dataset's Table-1 network
-    lr_mult: float = 1.0  # k in base = base_lr × k; the paper sweeps 100, 10, 1, 0.1, 0.01
-    base_lr: float = 5e-4
-    epochs: int = 65
-    batch_size: int = 100
-    # Batch-size schedule "100:3,500": batch 100 for 3 epochs, then 500 (Table 2's uSF+BM cell)
-    batch_schedule: str | None = None
-    momentum: float = 0.9
-    weight_decay: float = 5e-4  # MatConvNet's default; the paper does not state it
-    # Weight decay of learned feedback (KP, PFA) as "first_epoch,after", e.g. "5e-3,1e-4"
-    # (Li & Benna 2024); default: the same as the weights'.
-    feedback_weight_decay: str | None = None
-    seed: int = 1
-    # auto: CUDA when torch sees a GPU, else the CPU (MPS only when asked for by name)
-    device: str = "auto"
-    freeze: str = "none"  # Experiment C2: none | bottom | top (also set by @bottom/@top)
-    protocol: str = "paper"  # paper (validate on test) | honest (held-out validation split)
-    val_fraction: float = 0.1  # of the training set, honest protocol
-    bn_stats: str = "paper"  # paper (20 batches after each epoch, EMA 0.05) | running
-    bn_stat_batches: int = 20
-    bn_stat_alpha: float = 0.05
-    data_dir: str | None = None
-    data_seed: int = 0  # sampling of classes and splits for the paper's protocols
-    # Evaluation batch: None = 250 on CPU (activations that stay in cache: a 1000-image batch
-    # of the mnist network took twice as long per image), 1000 on a GPU
-    eval_batch_size: int | None = None
-    alignment: bool = True  # record the V–W and error-signal angles every epoch
-    amp: str = "fp32"  # fp32 | bf16 (autocast)
-    # torch.compile the model: False, True (inductor's default mode) or a mode name;
-    # "reduce-overhead" also captures CUDA graphs on a GPU (static shapes: the batch size)
-    compile: bool | str = False
-    # NHWC activations and kernels: the same math, 1.5x faster epochs of the mnist network on
-    # CPU (oneDNN convolutions and pooling); only float rounding differs
-    channels_last: bool = True
-    scheme_options: dict = field(default_factory=dict)  # extra options of the feedback scheme
-    # Weight mirrors (WM): after every `mirror_every` training steps, `mirror_steps` mirror
-    # steps (asymbp.feedback.mirror_step), and `mirror_warmup` mirror steps before the first
-    # training step; ignored by every other scheme.
-    mirror_every: int = 1
-    mirror_steps: int = 1
-    mirror_warmup: int = 0
-    # The run counts as diverged (and stops) at the first epoch whose mean per-example training
-    # loss exceeds this, as it does for a NaN/inf loss. Chance level is ln C (2.3 for 10
-    # classes, 6.9 for 1000); the paper's grid (k <= 100) stays within a few times that, and
-    # even k = 1e5 with BN+BM stayed under 1e3 on a toy problem. A loss of 1e4 per example means
-    # logits 1e4 apart: the weights have blown up, whatever the error rate says. inf: only a
-    # NaN/inf loss counts.
-    diverge_loss: float = 1e4
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown_keys = sorted(set(d) - names)
-        if unknown_keys:
-            raise AsymbpError(f"unknown config key(s) {', '.join(unknown_keys)}; valid: "
-                              f"{', '.join(sorted(names))}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+# TrainConfig is asymbp.config's, re-exported: `asymbp.train.TrainConfig` is public (DESIGN §9).
+__all__ = ["TrainConfig", "train", "lr_at", "batch_schedule", "feedback_weight_decay_at",
+           "prepare_data", "honest_split", "build_model", "refresh_bn_stats", "evaluate",
+           "error_rate", "epoch_alignment", "summarize"]
 
 
-def check_config(cfg: TrainConfig) -> MethodSpec:
-    """Validate a config before any work is done; return its parsed method."""
-    if not isinstance(cfg, TrainConfig):
-        raise AsymbpError(f"a run's config must be a TrainConfig or a dict of its fields, got "
-                          f"{_short(cfg)} ({type(cfg).__name__})")
-    check_types(cfg)
-    spec = parse_method(cfg.method, **cfg.scheme_options)
-    datasets.check_key(cfg.dataset)
-    if cfg.model is not None and cfg.model not in models.MODELS:
-        from .errors import unknown
-
-        raise unknown("model", cfg.model, models.MODELS)
-    if not _positive(cfg.lr_mult):
-        raise AsymbpError(f"learning-rate multiplier must be a finite number > 0, got "
-                          f"{cfg.lr_mult}; the paper uses 100, 10, 1, 0.1, 0.01")
-    if not _positive(cfg.base_lr):
-        raise AsymbpError(f"base learning rate must be a finite number > 0, got {cfg.base_lr}")
-    if not 0 <= cfg.momentum < 1:  # also false for NaN; momentum 1 never forgets a gradient
-        raise AsymbpError(f"momentum must be in [0, 1), got {cfg.momentum}; the paper uses 0.9")
-    if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
-        raise AsymbpError(f"weight decay must be a finite number >= 0, got {cfg.weight_decay}")
-    for name in ("seed", "data_seed"):
-        value = getattr(cfg, name)
-        if not 0 <= value < 2**63:  # numpy's generators take no negative seed, torch no larger
-            raise AsymbpError(f"{name} must be in [0, 2**63), got {value}")
-    if cfg.epochs < 1:
-        raise AsymbpError(f"epochs must be >= 1, got {cfg.epochs}")
-    eval_batch = cfg.eval_batch_size
-    if cfg.batch_size < 1 or (eval_batch is not None and eval_batch < 1):
-        raise AsymbpError(f"batch sizes must be >= 1, got {cfg.batch_size} (training), "
-                          f"{eval_batch} (evaluation)")
-    if cfg.protocol not in ("paper", "honest"):
-        raise AsymbpError(f"unknown protocol {cfg.protocol!r}; valid: paper, honest")
-    if cfg.bn_stats not in ("paper", "running"):
-        raise AsymbpError(f"unknown BN statistics mode {cfg.bn_stats!r}; valid: paper, running")
-    if cfg.freeze not in ("none", "bottom", "top"):
-        raise AsymbpError(f"unknown freeze setting {cfg.freeze!r}; valid: none, bottom, top")
-    if spec.freeze != "none" and cfg.freeze not in ("none", spec.freeze):
-        raise AsymbpError(f"method {cfg.method!r} freezes '{spec.freeze}' but freeze="
-                          f"{cfg.freeze!r} was also given; give one of them")
-    if cfg.bn_stat_batches < 0 or not 0 < cfg.bn_stat_alpha <= 1:
-        raise AsymbpError(f"BN statistics need >= 0 batches and 0 < alpha <= 1, got "
-                          f"{cfg.bn_stat_batches} batches, alpha {cfg.bn_stat_alpha}")
-    if spec.bn and cfg.bn_stats == "paper" and cfg.bn_stat_batches < 1:
-        # The paper's BN layers keep no running statistics during training (momentum 0): the
-        # post-epoch pass is their only source, and with 0 batches the test uses mean 0, var 1.
-        # 0 batches is fine without BN or with bn_stats='running', where no pass is run.
-        raise AsymbpError(f"method {cfg.method!r} has batch norm, whose test-time statistics "
-                          "come from the post-epoch pass over bn_stat_batches training batches "
-                          "(bn_stats='paper'); with 0 the test would use mean 0, variance 1; "
-                          "give bn_stat_batches >= 1 (--bn-stat-batches; the paper: 20) or "
-                          "bn_stats='running' (--bn-stats running)")
-    if cfg.protocol == "honest" and not 0 < cfg.val_fraction < 1:
-        raise AsymbpError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
-    if not isinstance(cfg.compile, bool) and cfg.compile not in COMPILE_MODES:
-        raise AsymbpError(f"unknown compile mode {cfg.compile!r}; valid: "
-                          f"{', '.join(COMPILE_MODES)} (or true/false)")
-    if cfg.amp not in ("fp32", "bf16"):
-        raise AsymbpError(f"unknown precision {cfg.amp!r}; valid: fp32, bf16")
-    batch_schedule(cfg)
-    feedback_wd(cfg)
-    if cfg.mirror_every < 1 or cfg.mirror_steps < 0 or cfg.mirror_warmup < 0:
-        raise AsymbpError(f"weight mirrors need mirror_every >= 1, mirror_steps >= 0 and "
-                          f"mirror_warmup >= 0, got {cfg.mirror_every}, {cfg.mirror_steps}, "
-                          f"{cfg.mirror_warmup}")
-    check_device_name(cfg.device)  # its spelling; whether this machine has it: local_device
-    if not cfg.diverge_loss > 0:  # inf is allowed: then only a NaN/inf loss is a divergence
-        raise AsymbpError(f"diverge_loss must be > 0 (or inf), got {cfg.diverge_loss}; it is "
-                          "the mean per-example training loss above which a run has diverged")
-    return spec
-
-
-def _positive(x: float) -> bool:
-    return x > 0 and math.isfinite(x)  # NaN fails both
-
-
-def _short(value) -> str:
-    """`repr(value)` on one line and not too long (a tensor's repr spans lines)."""
-    text = " ".join(repr(value).split())
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-# What each annotation accepts, in words (the error message) and as a test. No conversion: an
-# int field refuses 2.9 and 3.0 alike (3.0 would also give another run key than 3), a float
-# field takes an int (a whole number is a number), and bool, although an int in Python, is
-# neither an int nor a float here (epochs=True is a mistake, not 1 epoch).
-_TYPES = {
-    int: ("an int", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
-    str: ("a string", lambda v: isinstance(v, str)),
-    bool: ("a bool (True/False)", lambda v: isinstance(v, bool)),
-    dict: ("a dict", lambda v: isinstance(v, dict)),
-    type(None): ("None", lambda v: v is None),
-}
-
-
-@functools.cache
-def _hints() -> dict:
-    return typing.get_type_hints(TrainConfig)  # the annotations are strings (__future__)
-
-
-def check_types(cfg: TrainConfig) -> None:
-    """Every field of `cfg` against its annotation (`_TYPES`), before any value is used."""
-    hints = _hints()
-    for f in dataclasses.fields(TrainConfig):
-        value = getattr(cfg, f.name)
-        allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
-        if not any(_TYPES[t][1](value) for t in allowed):
-            expected = " or ".join(_TYPES[t][0] for t in allowed)
-            raise AsymbpError(f"config field {f.name} must be {expected}, got {_short(value)} "
-                              f"({type(value).__name__}); give a value of that type (asymbp converts "
-                              "no config value)")
-
-
-# torch.compile's modes (asymbp's `compile` option takes these, or True for "default").
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def _compiled(model: nn.Module, mode: bool | str) -> nn.Module:
-    if not mode:
-        return model
-    return torch.compile(model, mode=None if mode in (True, "default") else mode)
+# ---- the schedules ------------------------------------------------------------------------
 
 
 def lr_at(epoch: int, epochs: int, base: float) -> float:
@@ -252,26 +67,9 @@ def lr_at(epoch: int, epochs: int, base: float) -> float:
 
 def batch_schedule(cfg: TrainConfig) -> Callable[[int], int]:
     """epoch -> batch size, from `batch_schedule` ("100:3,500") or the fixed `batch_size`."""
-    if not cfg.batch_schedule:
+    steps = parse_batch_schedule(cfg.batch_schedule)
+    if not steps:
         return lambda epoch: int(cfg.batch_size)
-    steps: list[tuple[int, int]] = []  # (batch, last epoch with it)
-    try:
-        total = 0
-        parts = [p.strip() for p in cfg.batch_schedule.split(",")]
-        for i, part in enumerate(parts):
-            if ":" in part:
-                b, n = part.split(":")
-                total += int(n)
-                steps.append((int(b), total))
-            elif i == len(parts) - 1:
-                steps.append((int(part), 10**9))
-            else:
-                raise ValueError
-        if any(b < 1 for b, _ in steps):
-            raise ValueError
-    except ValueError:
-        raise AsymbpError(f"bad batch schedule {cfg.batch_schedule!r}; expected e.g. '100:3,500' "
-                          "(batch 100 for 3 epochs, then 500)") from None
 
     def at(epoch: int) -> int:
         for b, last in steps:
@@ -282,21 +80,122 @@ def batch_schedule(cfg: TrainConfig) -> Callable[[int], int]:
     return at
 
 
-def feedback_wd(cfg: TrainConfig) -> tuple[float, float] | None:
-    if not cfg.feedback_weight_decay:
+def feedback_weight_decay_at(epoch: int, cfg: TrainConfig) -> float | None:
+    """The weight decay of learned feedback (KP, PFA) in `epoch`: Li & Benna's large decay in
+    the first epoch, a small one after ("5e-3,1e-4"); None: the weights' decay throughout."""
+    schedule = parse_feedback_weight_decay(cfg.feedback_weight_decay)
+    if schedule is None:
         return None
-    try:
-        first, after = (float(v) for v in str(cfg.feedback_weight_decay).split(","))
-    except ValueError:
-        raise AsymbpError(f"bad feedback weight decay {cfg.feedback_weight_decay!r}; expected "
-                          "'FIRST,AFTER', e.g. '5e-3,1e-4'") from None
-    if not all(v >= 0 and math.isfinite(v) for v in (first, after)):
-        raise AsymbpError(f"feedback weight decay must be two finite numbers >= 0, got "
-                          f"{cfg.feedback_weight_decay!r}; e.g. '5e-3,1e-4'")
-    return first, after
+    return schedule[0] if epoch == 1 else schedule[1]
 
 
-# ---- data ---------------------------------------------------------------------------------
+# ---- the recipe ---------------------------------------------------------------------------
+
+
+def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None = None,
+          checkpoint: str | os.PathLike | None = None,
+          data: datasets.Dataset | None = None,
+          on_start: Callable[[dict], None] | None = None) -> dict:
+    """Train one run and return its metrics.
+
+    Arguments:
+        config: a `TrainConfig` or a dict of its fields.
+        on_epoch: called with each epoch's metrics dict as soon as the epoch ends.
+        checkpoint: a file path; the run saves its state there after every epoch and, if the
+            file exists, resumes from it (the finished epochs are not redone).
+        data: an already loaded dataset (skips loading `config.dataset`).
+        on_start: called once every check has passed (the checkpoint's too) and the first
+            epoch is about to run, with `{"device": ..., "first_epoch": ...}`.
+
+    Returns:
+        A dict: `config`, `method` (canonical), `test_error` (final, %), `best_test_error` (%),
+        `best_epoch`, `val_error` / `honest_test_error` (honest protocol), `diverged` (bool),
+        `diverged_epoch`, `epochs` (a list of per-epoch dicts), `params`, `seconds`, provenance.
+    """
+    cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
+    spec = check_config(cfg)
+    execution = Execution(cfg, checkpoint)  # the device: one this machine lacks fails here
+    device, next_batch = execution.device, batch_schedule(cfg)
+
+    # -- data, model, optimizer ---------------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    tensors = prepare_data(cfg, device, data)
+    check_model_fit(cfg, tensors)
+    tensors = tensors.with_inputs(execution.memory_format)
+    model = execution.memory_format(build_model(cfg, spec, tensors).to(device))
+    optimizer = make_optimizer(spec.update, param_groups(model), lr=cfg.base_lr * cfg.lr_mult,
+                               momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    step_model = execution.wrap(model)  # what the training steps call (DDP, compiled)
+    data_gen = torch.Generator().manual_seed(cfg.seed)  # batch order
+    stat_gen = torch.Generator().manual_seed(cfg.seed + 1)  # BN-statistics batches
+    generators = {"data_gen": data_gen, "stat_gen": stat_gen}  # their checkpoint names
+    progress = execution.resume(model, optimizer, generators)
+    start_epoch = progress.next_epoch
+    if on_start is not None and execution.main:
+        on_start({"device": str(device), "first_epoch": start_epoch})
+
+    n = len(tensors.x_train)
+    mirrors = MirrorSchedule.from_config(model, cfg)  # WM's mirror steps (none without WM)
+    if start_epoch == 1:
+        mirrors.warmup()
+    for epoch in range(start_epoch, int(cfg.epochs) + 1):
+        if progress.diverged_epoch is not None:
+            break
+        t0 = time.perf_counter()
+        lr, bs = lr_at(epoch, int(cfg.epochs), cfg.base_lr * cfg.lr_mult), next_batch(epoch)
+        set_epoch_hyperparameters(optimizer, lr, feedback_weight_decay_at(epoch, cfg))
+
+        # -- train one epoch: no host synchronisation inside the loop -------------------------
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        wrong = torch.zeros((), dtype=torch.long, device=device)
+        perm = torch.randperm(n, generator=data_gen).to(device)
+        for i in range(0, n, bs):
+            idx = execution.shard(perm[i:i + bs])  # this process's share of the mini-batch
+            xb, yb = tensors.x_train[idx], tensors.y_train[idx]
+            with execution.autocast():
+                out = step_model(xb)
+                # The sum over the batch, so the paper's learning rates apply as printed.
+                loss = F.cross_entropy(out.float(), yb, reduction="sum")
+            optimizer.zero_grad(set_to_none=True)
+            execution.backward(loss)
+            optimizer.step()
+            if spec.weight_norm:
+                renormalize(model)
+            mirrors.after_step()
+            loss_sum += loss.detach()
+            wrong += (out.detach().argmax(1) != yb).sum()
+        execution.all_reduce_(loss_sum, wrong)  # a data-parallel run's epoch: all processes'
+        row = {"epoch": epoch, "lr": lr, "batch_size": bs, "train_loss": loss_sum.item() / n,
+               "train_error": 100.0 * wrong.item() / n}
+
+        # -- test-time BN statistics, evaluation, alignment -----------------------------------
+        if healthy(model, row["train_loss"], cfg.diverge_loss):
+            if cfg.bn_stats == "paper":
+                refresh_bn_stats(model, tensors.x_train, bs, cfg.bn_stat_batches,
+                                 cfg.bn_stat_alpha, stat_gen)
+            row.update(evaluate(model, tensors, execution))  # test_error (and val_error)
+            if cfg.alignment and asym_layers(model):
+                row["alignment"] = epoch_alignment(model, tensors, cfg.batch_size)
+        else:
+            progress.diverged_epoch = epoch
+            row.update(test_error=math.nan, diverged=True)
+        row["seconds"] = time.perf_counter() - t0
+        progress.add(row)
+        # Saved before the epoch is streamed: whatever a listener has seen is also on disk.
+        execution.save(model, optimizer, generators, progress)
+        if on_epoch is not None and execution.main:
+            on_epoch(row)
+
+    del step_model  # a DDP wrapper goes before its process group (Execution.close)
+    execution.close()
+    result = summarize(cfg, spec, progress.history, progress.diverged_epoch, progress.elapsed,
+                       model)
+    result["device"] = str(device)  # the one used (config["device"] may say auto)
+    return result
+
+
+# ---- the steps of the recipe -------------------------------------------------------------
 
 
 @dataclass
@@ -312,6 +211,11 @@ class Tensors:
     num_classes: int
     model: str
 
+    def with_inputs(self, fn: Callable[[Tensor], Tensor]) -> "Tensors":
+        """The same data with `fn` applied to each input tensor (x_train, x_val, x_test)."""
+        return replace(self, x_train=fn(self.x_train), x_test=fn(self.x_test),
+                       x_val=None if self.x_val is None else fn(self.x_val))
+
 
 def prepare_data(cfg: TrainConfig, device: torch.device, ds: datasets.Dataset | None = None
                  ) -> Tensors:
@@ -322,18 +226,9 @@ def prepare_data(cfg: TrainConfig, device: torch.device, ds: datasets.Dataset | 
         datasets.validate(ds)  # a dataset built by the caller gets the same checks
     x_tr, y_tr = ds.x_train, ds.y_train
     x_val = y_val = None
-    if cfg.protocol == "honest":
-        rng = np.random.default_rng(cfg.data_seed + 7919)
-        perm = rng.permutation(len(y_tr))
-        n_val = max(1, int(round(len(perm) * cfg.val_fraction)))
-        if n_val >= len(perm):
-            raise AsymbpError(
-                f"dataset {ds.key}: the honest protocol holds out {n_val} of its {len(perm)} "
-                f"training example(s) for validation (val_fraction {cfg.val_fraction}), leaving "
-                "none to train on; lower val_fraction (--val-fraction), add training examples "
-                "or use protocol paper"
-            )
-        val, tr = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    split = honest_split(cfg, ds)
+    if split is not None:
+        val, tr = split
         x_val, y_val, x_tr, y_tr = x_tr[val], y_tr[val], x_tr[tr], y_tr[tr]
     axes = (0, 2, 3) if x_tr.ndim == 4 else (0,)
     mean = x_tr.mean(axis=axes, keepdims=True, dtype=np.float64).astype(np.float32)
@@ -352,30 +247,53 @@ def prepare_data(cfg: TrainConfig, device: torch.device, ds: datasets.Dataset | 
     return Tensors(xt, yt, xs, ys, xv, yv, ds.num_classes, ds.model)
 
 
-def build_model(cfg: TrainConfig, spec: MethodSpec, data: Tensors) -> nn.Module:
-    """The network for this run, converted to the method's scheme, C2 layers frozen."""
-    key = cfg.model or data.model
-    shape = data.x_train.shape[1:]  # (C, H, W) or (D,)
+def honest_split(cfg: TrainConfig, ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """(validation, training) indices of the training set under the honest protocol (seeded by
+    `data_seed`), None under the paper's; the one-line error when no training example is left
+    (cheap: the command line checks it before a run starts)."""
+    if cfg.protocol != "honest":
+        return None
+    perm = np.random.default_rng(cfg.data_seed + 7919).permutation(len(ds.y_train))
+    n_val = max(1, int(round(len(perm) * cfg.val_fraction)))
+    if n_val >= len(perm):
+        raise AsymbpError(
+            f"dataset {ds.key}: the honest protocol holds out {n_val} of its {len(perm)} "
+            f"training example(s) for validation (val_fraction {cfg.val_fraction}), leaving "
+            "none to train on; lower val_fraction (--val-fraction), add training examples "
+            "or use protocol paper"
+        )
+    return np.sort(perm[:n_val]), np.sort(perm[n_val:])
+
+
+def build_model(cfg: TrainConfig, spec: MethodSpec, tensors: Tensors) -> nn.Module:
+    """The network for this run, converted to the method's scheme, C2 layers frozen, its BN
+    layers without running statistics under the paper's BN protocol."""
+    key = cfg.model or tensors.model
+    shape = tensors.x_train.shape[1:]  # (C, H, W) or (D,)
     if len(shape) == 3:
-        model = models.build(key, data.num_classes, in_channels=shape[0], image_size=shape[1],
-                             bn=spec.bn, bn_affine=spec.bn_affine)
+        model = models.build(key, tensors.num_classes, in_channels=shape[0],
+                             image_size=shape[1], bn=spec.bn, bn_affine=spec.bn_affine)
     else:
-        model = models.build(key, data.num_classes, in_channels=shape[0], bn=spec.bn,
+        model = models.build(key, tensors.num_classes, in_channels=shape[0], bn=spec.bn,
                              bn_affine=spec.bn_affine)
     convert(model, spec.scheme_name, seed=cfg.seed, weight_norm=spec.weight_norm,
             **{k: v for k, v in spec.scheme_options.items() if k != "p"})
     freeze = spec.freeze if spec.freeze != "none" else cfg.freeze
     models.freeze(model, freeze)
+    if cfg.bn_stats == "paper":
+        for bn in bn_layers(model):
+            bn.momentum = 0.0  # running stats come only from the post-epoch pass
     return model
 
 
-def check_model_fit(cfg: TrainConfig, data: Tensors) -> None:
+def check_model_fit(cfg: TrainConfig, tensors: Tensors) -> None:
     """The one-line error for a network that cannot take the dataset's inputs (a conv network
     on vectors, images smaller than its convolutions and pools), before it is built."""
-    models.check_fit(cfg.model or data.model, tuple(data.x_train.shape[1:]), cfg.dataset)
+    models.check_fit(cfg.model or tensors.model, tuple(tensors.x_train.shape[1:]), cfg.dataset)
 
-
-def _param_groups(model: nn.Module):
+def param_groups(model: nn.Module) -> list[dict]:
+    """The optimizer's groups: the weights, and the learned feedback (KP, PFA) apart, so that
+    its weight decay can follow its own schedule."""
     feedback = {id(p) for _, layer in asym_layers(model) for p in layer.feedback.parameters()}
     main = [p for p in model.parameters() if p.requires_grad and id(p) not in feedback]
     fb = [p for p in model.parameters() if p.requires_grad and id(p) in feedback]
@@ -385,11 +303,26 @@ def _param_groups(model: nn.Module):
     return groups
 
 
-# ---- the run ------------------------------------------------------------------------------
+def set_epoch_hyperparameters(optimizer, lr: float, feedback_weight_decay: float | None
+                              ) -> None:
+    """The epoch's learning rate for every group, and the feedback's weight decay (if it has
+    its own schedule)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if feedback_weight_decay is not None and group.get("kind") == "feedback":
+            group["weight_decay"] = feedback_weight_decay
 
 
-def _bn_layers(model: nn.Module):
+def bn_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def healthy(model: nn.Module, train_loss: float, diverge_loss: float) -> bool:
+    """Not diverged. Diverged: a NaN/inf loss, a finite one above `diverge_loss` (blown-up
+    weights whose logits are far apart: not learning, whatever the error rate says), or
+    non-finite weights (one host synchronisation for all of them)."""
+    return (math.isfinite(train_loss) and train_loss <= diverge_loss
+            and bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()))
 
 
 @torch.no_grad()
@@ -397,7 +330,7 @@ def refresh_bn_stats(model: nn.Module, x: Tensor, batch: int, n_batches: int, al
                      gen: torch.Generator) -> None:
     """The paper's test-time BN statistics: `n_batches` training batches in training mode,
     running mean/var as EMAs with factor `alpha`, weights untouched."""
-    bns = _bn_layers(model)
+    bns = bn_layers(model)
     if not bns:
         return
     was = model.training
@@ -429,168 +362,18 @@ def error_rate(model: nn.Module, x: Tensor, y: Tensor, batch: int, amp) -> float
     return 100.0 * wrong.item() / len(x)
 
 
-def _amp_context(cfg: TrainConfig, device: torch.device):
-    if cfg.amp == "bf16":
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    import contextlib
-
-    return contextlib.nullcontext
-
-
-def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None = None,
-          checkpoint: str | os.PathLike | None = None,
-          data: datasets.Dataset | None = None) -> dict:
-    """Train one run and return its metrics.
-
-    Arguments:
-        config: a `TrainConfig` or a dict of its fields.
-        on_epoch: called with each epoch's metrics dict as soon as the epoch ends.
-        checkpoint: a file path; the run saves its state there after every epoch and, if the
-            file exists, resumes from it (the finished epochs are not redone).
-        data: an already loaded dataset (skips loading `config.dataset`).
-
-    Returns:
-        A dict: `config`, `method` (canonical), `test_error` (final, %), `best_test_error` (%),
-        `best_epoch`, `val_error` / `honest_test_error` (honest protocol), `diverged` (bool),
-        `diverged_epoch`, `epochs` (a list of per-epoch dicts), `params`, `seconds`, provenance.
-    """
-    cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
-    spec = check_config(cfg)
-    device = torch.device(local_device(cfg.device))
-    amp = _amp_context(cfg, device)
-    next_batch = batch_schedule(cfg)
-    fb_wd = feedback_wd(cfg)
-
-    torch.manual_seed(cfg.seed)
-    tensors = prepare_data(cfg, device, data)
-    check_model_fit(cfg, tensors)
-    model = build_model(cfg, spec, tensors).to(device)
-    if cfg.channels_last and tensors.x_train.ndim == 4:
-        model = model.to(memory_format=torch.channels_last)
-        for name in ("x_train", "x_test", "x_val"):
-            x = getattr(tensors, name)
-            if x is not None:
-                setattr(tensors, name, x.contiguous(memory_format=torch.channels_last))
-    dp = data_parallel(device)  # None unless run under torchrun / an initialised process group
-    bns = _bn_layers(model)
-    if cfg.bn_stats == "paper":
-        for bn in bns:
-            bn.momentum = 0.0  # running stats come only from the post-epoch pass
-    optimizer = make_optimizer(spec.update, _param_groups(model), lr=cfg.base_lr * cfg.lr_mult,
-                               momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    step_model = model if dp is None else dp.wrap(model)
-    step_model = _compiled(step_model, cfg.compile)
-    data_gen = torch.Generator().manual_seed(cfg.seed)  # batch order
-    stat_gen = torch.Generator().manual_seed(cfg.seed + 1)  # BN-statistics batches
-    history: list[dict] = []
-    start_epoch, elapsed = 1, 0.0
-    diverged_epoch = None
-
-    ckpt = Path(checkpoint) if checkpoint else None
-    state = _load_checkpoint(ckpt) if ckpt is not None else None
-    if state is not None:
-        _check_resume(ckpt, cfg, state.get("config"))
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            data_gen.set_state(state["data_gen"])
-            stat_gen.set_state(state["stat_gen"])
-            torch.random.set_rng_state(state["torch_rng"])
-            history, elapsed = list(state["history"]), float(state["elapsed"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            raise CheckpointError(ckpt, f"does not fit this run: {_first_line(err)}") from None
-        diverged_epoch = state.get("diverged_epoch")
-        start_epoch = len(history) + 1
-
-    n = len(tensors.x_train)
-    base = cfg.base_lr * cfg.lr_mult
-    eval_batch = int(cfg.eval_batch_size or (250 if device.type == "cpu" else 1000))
-    mirrors = MirrorSchedule.from_config(model, cfg)  # WM's mirror steps (none without WM)
-    if start_epoch == 1:
-        mirrors.warmup()
-    for epoch in range(start_epoch, int(cfg.epochs) + 1):
-        if diverged_epoch is not None:
-            break
-        t0 = time.perf_counter()
-        lr = lr_at(epoch, int(cfg.epochs), base)
-        bs = next_batch(epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-            if fb_wd and group.get("kind") == "feedback":
-                group["weight_decay"] = fb_wd[0] if epoch == 1 else fb_wd[1]
-
-        # -- train one epoch: no host synchronisation inside the loop ---------------------
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        wrong = torch.zeros((), dtype=torch.long, device=device)
-        perm = torch.randperm(n, generator=data_gen).to(device)
-        for i in range(0, n, bs):
-            idx = perm[i:i + bs]
-            if dp is not None:
-                idx = dp.shard(idx)  # this rank's share of the mini-batch
-            xb, yb = tensors.x_train[idx], tensors.y_train[idx]
-            with amp():
-                out = step_model(xb)
-                # The sum over the batch, so the paper's learning rates apply as printed.
-                loss = F.cross_entropy(out.float(), yb, reduction="sum")
-            optimizer.zero_grad(set_to_none=True)
-            (loss if dp is None else loss * dp.loss_scale).backward()
-            optimizer.step()
-            if spec.weight_norm:
-                renormalize(model)
-            mirrors.after_step()
-            loss_sum += loss.detach()
-            wrong += (out.detach().argmax(1) != yb).sum()
-        if dp is not None:
-            dp.all_reduce_(loss_sum, wrong)
-        train_loss = loss_sum.item() / n
-        # Diverged: a NaN/inf loss, a finite one above `diverge_loss` (blown-up weights whose
-        # logits are far apart: not learning, whatever the error rate), or non-finite weights
-        # (one host synchronisation for all of them).
-        healthy = (math.isfinite(train_loss) and train_loss <= cfg.diverge_loss
-                   and bool(torch.stack([torch.isfinite(p).all()
-                                         for p in model.parameters()]).all()))
-
-        # -- test-time BN statistics, evaluation, alignment ---------------------------------
-        row = {"epoch": epoch, "lr": lr, "batch_size": bs, "train_loss": train_loss,
-               "train_error": 100.0 * wrong.item() / n}
-        if healthy:
-            if cfg.bn_stats == "paper":
-                refresh_bn_stats(model, tensors.x_train, bs, cfg.bn_stat_batches,
-                                 cfg.bn_stat_alpha, stat_gen)
-            row["test_error"] = error_rate(model, tensors.x_test, tensors.y_test,
-                                           eval_batch, amp)
-            if tensors.x_val is not None:
-                row["val_error"] = error_rate(model, tensors.x_val, tensors.y_val,
-                                              eval_batch, amp)
-            if cfg.alignment and asym_layers(model):
-                row["alignment"] = _alignment(model, tensors, cfg)
-        else:
-            diverged_epoch = epoch
-            row["test_error"] = math.nan
-            row["diverged"] = True
-        epoch_seconds = time.perf_counter() - t0
-        elapsed += epoch_seconds
-        row["seconds"] = epoch_seconds
-        history.append(row)
-        # Saved before the epoch is streamed: whatever a listener has seen is also on disk.
-        if ckpt is not None and (dp is None or dp.main):
-            _save_checkpoint(ckpt, cfg, model, optimizer, data_gen, stat_gen, history, elapsed,
-                             diverged_epoch)
-        if on_epoch is not None and (dp is None or dp.main):
-            on_epoch(row)
-
-    if dp is not None:
-        # The DDP wrapper goes first, while the process group is still registered, so that
-        # freeing its reducer never tears the group down (see distributed.shutdown).
-        step_model = None  # noqa: F841
-        dp.close()
-    result = summarize(cfg, spec, history, diverged_epoch, elapsed, model)
-    result["device"] = str(device)  # the one used (config["device"] may say auto)
-    return result
+def evaluate(model: nn.Module, tensors: Tensors, execution: Execution) -> dict:
+    """The epoch's test error (and validation error, honest protocol), in %."""
+    batch, autocast = execution.eval_batch_size, execution.autocast
+    out = {"test_error": error_rate(model, tensors.x_test, tensors.y_test, batch, autocast)}
+    if tensors.x_val is not None:
+        out["val_error"] = error_rate(model, tensors.x_val, tensors.y_val, batch, autocast)
+    return out
 
 
-def _alignment(model: nn.Module, t: Tensors, cfg: TrainConfig) -> list[dict]:
+def epoch_alignment(model: nn.Module, tensors: Tensors, batch_size: int) -> list[dict]:
+    """The epoch's alignment rows, one per asymmetric layer: the V–W angle and the angle between
+    its error signal and backprop's on the first `batch_size` training examples."""
     rows = {r["layer"]: r for r in metrics.layer_alignment(model)}
     if all(layer.feedback.symmetric for _, layer in asym_layers(model)):
         for r in rows.values():
@@ -598,112 +381,11 @@ def _alignment(model: nn.Module, t: Tensors, cfg: TrainConfig) -> list[dict]:
         return list(rows.values())
     was = model.training
     model.eval()
-    n = min(len(t.x_train), cfg.batch_size)
-    for r in metrics.error_signal_alignment(model, t.x_train[:n], t.y_train[:n]):
+    n = min(len(tensors.x_train), batch_size)
+    for r in metrics.error_signal_alignment(model, tensors.x_train[:n], tensors.y_train[:n]):
         rows[r["layer"]]["grad_angle"] = r["grad_angle"]
     model.train(was)
     return list(rows.values())
-
-
-class CheckpointError(AsymbpError):
-    """A checkpoint file that exists but cannot resume the run (corrupt, truncated, not
-    asymbp's); `path` is the file. A sweep moves such a file aside and starts the run again."""
-
-    def __init__(self, path: Path, problem: str):
-        super().__init__(f"checkpoint {path} {problem}; delete it to start the run from "
-                         "scratch, or give another checkpoint path")
-        self.path, self.problem = Path(path), problem
-
-    def __reduce__(self):  # picklable, for errors that cross a process boundary
-        return (type(self), (self.path, self.problem))
-
-
-def _first_line(err: BaseException, limit: int = 120) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [type(err).__name__]
-    # torch's weights-only refusal opens with advice; the reason is on its own line
-    text = next((ln for ln in lines if ln.startswith("WeightsUnpickler error")), lines[0])
-    text = text.rstrip(".")
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _load_checkpoint(path: Path) -> dict | None:
-    """The saved state at `path`, or None when there is none yet (then its folder must be
-    writable: the run saves there after every epoch)."""
-    if path.is_dir():
-        raise AsymbpError(f"checkpoint {path} is a folder; give a file path for the "
-                          f"checkpoint, e.g. {path / 'run.pt'}")
-    if not path.exists():
-        folder = next((p for p in path.parents if p.exists()), Path("."))
-        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-            raise AsymbpError(f"cannot write checkpoint {path}: {folder} is not a writable "
-                              "folder; give a checkpoint path in a writable folder")
-        return None
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as err:
-        raise AsymbpError(f"cannot read checkpoint {path} ({err.strerror or err}); make it "
-                          "readable or give another checkpoint path") from None
-    if head != b"PK\x03\x04":  # torch.save writes a zip archive
-        raise CheckpointError(path, "is not a checkpoint (not a PyTorch zip archive)")
-    try:
-        # weights_only: unpickling runs no code from the file; the state is tensors, numbers,
-        # strings, lists and dicts only (see _save_checkpoint). On the CPU: the generator
-        # states must be CPU ByteTensors, and load_state_dict moves the rest to the model.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a corrupt file raises many kinds of error
-        raise CheckpointError(path, f"cannot be loaded ({_first_line(err)})") from None
-    if (not isinstance(state, dict) or not {"model", "optimizer", "history"} <= set(state)
-            or not isinstance(state.get("config", {}), dict)):
-        raise CheckpointError(path, "is not an asymbp checkpoint (no model, optimizer and "
-                                    "history in it)")
-    return state
-
-
-# Config fields that may differ between a checkpoint and the run resuming it.
-_RESUME_FREE = ("device", "compile", "eval_batch_size", "alignment", "data_dir",
-                "channels_last")
-
-
-def _check_resume(path: Path, cfg: TrainConfig, saved: dict | None) -> None:
-    """A checkpoint resumes only the run that wrote it (same method, data, lr, seed, ...)."""
-    if saved is None:
-        return
-    now = cfg.to_dict()
-    # A field the checkpoint predates was at its default then: a field added later (with a
-    # default that keeps the old behaviour) must not orphan the checkpoints written before it.
-    saved = {**TrainConfig().to_dict(), **saved}
-    diff = sorted(k for k in set(now) | set(saved)
-                  if k not in _RESUME_FREE and now.get(k) != saved.get(k))
-    if diff:
-        shown = ", ".join(f"{k}={saved.get(k)!r} there, {now.get(k)!r} here" for k in diff[:3])
-        raise AsymbpError(f"checkpoint {path} belongs to a different run ({shown}); delete it or "
-                          "give another checkpoint path")
-
-
-def _save_checkpoint(path: Path, cfg: TrainConfig, model, optimizer, data_gen, stat_gen, history,
-                     elapsed, diverged_epoch) -> None:
-    """Write the run's state atomically (a temporary file, then rename)."""
-    state = {
-        "config": cfg.to_dict(),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "data_gen": data_gen.get_state(),
-        "stat_gen": stat_gen.get_state(),
-        "torch_rng": torch.random.get_rng_state(),
-        "history": history,
-        "elapsed": elapsed,
-        "diverged_epoch": diverged_epoch,
-    }
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise AsymbpError(f"cannot write checkpoint {path} ({err.strerror or err}); give a "
-                          "checkpoint path in a writable folder") from None
 
 
 def summarize(cfg: TrainConfig, spec: MethodSpec, history: list[dict], diverged_epoch,

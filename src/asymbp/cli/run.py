@@ -34,103 +34,58 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def add_run_options(p, single: bool = True) -> None:
-    """The options that define a run (shared with `asymbp sweep`)."""
-    from ..train import COMPILE_MODES, TrainConfig
+def add_run_options(p, per_run: bool = True) -> None:
+    """One option per `TrainConfig` field, generated from its declaration (asymbp.config):
+    `--lr-mult` for `lr_mult`, its help, choices and metavar. `per_run=False` (asymbp sweep)
+    leaves out the fields a sweep sets for each run (it has --datasets, --methods, --lr-mults
+    and --seeds instead)."""
+    from ..config import FIELDS
 
-    d = TrainConfig()
-    if single:
-        p.add_argument("--dataset", default=d.dataset,
-                       help="dataset key (see 'asymbp datasets') or npz:PATH (default: %(default)s)")
-        p.add_argument("--method", default=d.method,
-                       help="method string, e.g. SGD, uSF+BN+BM, brSF-25+BN+BM, RndF+BN "
-                            "(see 'asymbp methods'; default: %(default)s)")
-        p.add_argument("--lr-mult", type=float, default=d.lr_mult, metavar="K",
-                       help="learning-rate multiplier k: lr = 5e-4 x k (default: %(default)s)")
-        p.add_argument("--seed", type=int, default=d.seed,
-                       help="seed of the initialisation, batch order and feedback draws "
-                            "(default: %(default)s)")
-    p.add_argument("--model", default=None,
-                   help="network key (mnist, cifar, svhn, large, mlp, resnet20, resnet18); "
-                        "default: the dataset's Table-1 network")
-    p.add_argument("--epochs", type=int, default=d.epochs,
-                   help="epochs; the lr schedule (base, /10 after 50/65, /100 after 60/65) "
-                        "scales to it (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="mini-batch size (default: %(default)s)")
-    p.add_argument("--batch-schedule", default=None, metavar="SPEC",
-                   help="batch-size schedule, e.g. '100:3,500' = 100 for 3 epochs then 500")
-    p.add_argument("--base-lr", type=float, default=d.base_lr,
-                   help="base learning rate before the multiplier (default: %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help="weight decay d (default: %(default)s, MatConvNet's)")
-    p.add_argument("--momentum", type=float, default=d.momentum,
-                   help="momentum m (default: %(default)s)")
-    p.add_argument("--feedback-weight-decay", default=None, metavar="FIRST,AFTER",
-                   help="weight decay of learned feedback (KP, PFA): first epoch, then after, "
-                        "e.g. 5e-3,1e-4")
-    p.add_argument("--protocol", choices=["paper", "honest"], default=d.protocol,
-                   help="paper: best test error over epochs; honest: a validation split picks "
-                        "the epoch (default: %(default)s)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                   help="validation share of the training set, honest protocol "
-                        "(default: %(default)s)")
-    p.add_argument("--freeze", choices=["none", "bottom", "top"], default=d.freeze,
-                   help="Experiment C2: bottom = last layer random and frozen, top = all but "
-                        "the last (default: %(default)s)")
-    p.add_argument("--bn-stats", choices=["paper", "running"], default=d.bn_stats,
-                   help="test-time BN statistics: paper (20 batches after each epoch, EMA 0.05) "
-                        "or running averages (default: %(default)s)")
-    p.add_argument("--bn-stat-batches", type=int, default=d.bn_stat_batches, metavar="N",
-                   help="training batches of the paper's post-epoch BN-statistics pass "
-                        "(default: %(default)s)")
-    p.add_argument("--data-seed", type=int, default=d.data_seed, metavar="SEED",
-                   help="seed of the sampled classes and splits of the paper's datasets and of "
-                        "the honest validation split (default: %(default)s)")
-    p.add_argument("--device", default=d.device,
-                   help="torch device: auto, cpu, cuda, cuda:1, mps (default: %(default)s: "
-                        "CUDA when there is a GPU, else the CPU); in a sweep a bare 'cuda' or "
-                        "'auto' spreads the workers over the visible GPUs")
-    p.add_argument("--amp", choices=["fp32", "bf16"], default=d.amp,
-                   help="precision: bf16 autocast or fp32 (default: %(default)s)")
-    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
-                   help="torch.compile the model; MODE: " + ", ".join(COMPILE_MODES)
-                        + " (reduce-overhead adds CUDA graphs on a GPU; default: default)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                   default=d.channels_last,
-                   help="NHWC memory format for images: faster convolutions on CPU, the same "
-                        "math (default: on)")
-    p.add_argument("--mirror-every", type=int, default=d.mirror_every, metavar="N",
-                   help="WM (weight mirrors): mirror steps after every N training steps "
-                        "(default: %(default)s)")
-    p.add_argument("--mirror-steps", type=int, default=d.mirror_steps, metavar="N",
-                   help="WM: mirror steps each time (default: %(default)s)")
-    p.add_argument("--mirror-warmup", type=int, default=d.mirror_warmup, metavar="N",
-                   help="WM: mirror steps before the first training step (default: %(default)s)")
-    p.add_argument("--no-alignment", action="store_true",
-                   help="skip the per-epoch V-W and error-signal angles")
-    p.add_argument("--data-dir", default=None,
-                   help="data root (default: $ASYMBP_DATA or ~/.cache/asymbp)")
+    for f in FIELDS:
+        if f.metadata["cli"] and (per_run or not f.metadata["per_run"]):
+            p.add_argument(_flag(f.name), dest=f.name, **_argument(f))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _argument(f) -> dict:
+    """argparse's keywords for the option of field `f`, from its annotation and metadata:
+    a bool is a --x/--no-x switch, `bool | str` a switch with an optional value (--compile
+    [MODE]), anything else one value of its type."""
+    from ..config import field_types
+
+    meta, types = f.metadata, field_types()[f.name]
+    kw = {"default": f.default, "help": _help(f)}
+    if types == (bool,):
+        return {**kw, "action": argparse.BooleanOptionalAction}
+    if bool in types:
+        kw.update(nargs="?", const=True, type=str)
+    else:
+        kw["type"] = next(t for t in types if t is not type(None))
+    if meta["choices"]:
+        kw["choices"] = meta["choices"]
+    if meta["metavar"]:
+        kw["metavar"] = meta["metavar"]
+    return kw
+
+
+def _help(f) -> str:
+    """The field's help, with its default unless the text already says it ("default: ...")."""
+    text = f.metadata["help"]
+    if "default:" in text or f.default is None:
+        return text
+    shown = ("on" if f.default else "off") if isinstance(f.default, bool) else "%(default)s"
+    return f"{text} (default: {shown})"
 
 
 def config_from_args(args, **overrides) -> dict:
-    cfg = {
-        "dataset": getattr(args, "dataset", None), "method": getattr(args, "method", None),
-        "lr_mult": getattr(args, "lr_mult", None), "seed": getattr(args, "seed", None),
-        "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
-        "batch_schedule": args.batch_schedule, "base_lr": args.base_lr,
-        "weight_decay": args.weight_decay, "momentum": args.momentum,
-        "feedback_weight_decay": args.feedback_weight_decay, "protocol": args.protocol,
-        "val_fraction": args.val_fraction, "freeze": args.freeze, "bn_stats": args.bn_stats,
-        "device": args.device, "amp": args.amp, "compile": args.compile,
-        "alignment": not args.no_alignment, "data_dir": args.data_dir,
-        "channels_last": getattr(args, "channels_last", None),
-        "bn_stat_batches": getattr(args, "bn_stat_batches", None),
-        "data_seed": getattr(args, "data_seed", None),
-        "mirror_every": getattr(args, "mirror_every", None),
-        "mirror_steps": getattr(args, "mirror_steps", None),
-        "mirror_warmup": getattr(args, "mirror_warmup", None),
-    }
+    """The `TrainConfig` fields the parsed options give (those left unset, None, are left out:
+    the config's default applies)."""
+    from ..config import FIELDS
+
+    cfg = {f.name: getattr(args, f.name, None) for f in FIELDS}
     cfg.update(overrides)
     return {k: v for k, v in cfg.items() if v is not None}
 
@@ -151,12 +106,14 @@ def epoch_line(row: dict) -> str:
 
 def _argv_without_nproc(args) -> list[str]:
     """This `asymbp run` command line, rebuilt from the parsed options, for each process."""
+    from ..config import field_types
+
     argv = ["run"]
     for key, value in config_from_args(args).items():
-        flag = "--" + key.replace("_", "-")
-        if key == "alignment":
-            argv += [] if value else ["--no-alignment"]
-        elif isinstance(value, bool):
+        flag = _flag(key)
+        if field_types()[key] == (bool,):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, bool):  # a switch with an optional value: on or off
             argv += [flag] if value else []
         else:
             argv += [flag, str(value)]
@@ -173,10 +130,11 @@ def run(args) -> int:
 
     from .. import data as datasets
     from .. import models
+    from ..config import TrainConfig, check_config
     from ..distributed import local_device
     from ..hardware import bf16_note
     from ..store import json_safe
-    from ..train import TrainConfig, check_config, train
+    from ..train import honest_split, train
 
     rank0 = int(os.environ.get("RANK", "0")) == 0  # data parallel: rank 0 speaks for the run
     if args.nproc is not None and args.nproc < 1:
@@ -194,42 +152,38 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig.from_dict(config_from_args(args))
     check_config(cfg)  # every user mistake fails here, before data or a file is touched
-    device = local_device(cfg.device)  # so does a device this machine does not have
+    local_device(cfg.device)  # so does a device this machine does not have
     # Load (and validate) the data before the progress bar starts, so that a bad dataset, or a
     # network that cannot take its inputs, is one line on stderr, not a bar and a traceback.
     ds = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed)
     models.check_fit(cfg.model or ds.model, ds.input_shape, cfg.dataset)
-    started = False
-
-    def say_start():
-        # Said with the first epoch, once the run has really started (its checkpoint loaded):
-        # a mistake found before that stays the one line on stderr.
-        nonlocal started
-        if started or not rank0:
-            return
-        started = True
-        if not args.json:  # the JSON result says it as "device"
-            given = f" ({cfg.device})" if cfg.device != device else ""
-            print(f"device: {device}{given}", file=sys.stderr, flush=True)
-        if note := bf16_note(cfg.amp, device):
-            print(note, file=sys.stderr, flush=True)
-
+    honest_split(cfg, ds)  # an honest split that leaves nothing to train on
     bar = None
-    if not args.no_progress and not args.json and rank0:
-        from tqdm import tqdm
 
-        bar = tqdm(total=cfg.epochs, desc=f"{cfg.method} on {cfg.dataset}", unit="epoch",
-                   file=sys.stderr, leave=False)
+    def on_start(run):
+        # Once train() has checked everything (a bad checkpoint is still one line on stderr,
+        # nothing before it): the device, a note, the bar. Rank 0 only.
+        nonlocal bar
+        if not args.json:  # the JSON result says it as "device"
+            given = f" ({cfg.device})" if cfg.device != run["device"] else ""
+            print(f"device: {run['device']}{given}", file=sys.stderr, flush=True)
+        if note := bf16_note(cfg.amp, run["device"]):
+            print(note, file=sys.stderr, flush=True)
+        if not args.no_progress and not args.json:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.epochs, initial=run["first_epoch"] - 1, unit="epoch",
+                       desc=f"{cfg.method} on {cfg.dataset}", file=sys.stderr, leave=False)
 
     def on_epoch(row):
-        say_start()
         if bar is not None:
             bar.update(1)
             bar.write(epoch_line(row), file=sys.stdout)
         elif not args.json:
             print(epoch_line(row), flush=True)
 
-    result = train(cfg, on_epoch=on_epoch, checkpoint=args.checkpoint, data=ds)
+    result = train(cfg, on_epoch=on_epoch, checkpoint=args.checkpoint, data=ds,
+                   on_start=on_start)
     if bar is not None:
         bar.close()
     if not rank0:

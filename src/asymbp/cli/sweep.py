@@ -18,6 +18,7 @@ Running the same command again skips finished runs and resumes unfinished ones."
 def add_parser(sub) -> None:
     import argparse
 
+    from ..sweep.plan import LR_MULTS, SEEDS
     from .run import add_run_options
 
     p = sub.add_parser("sweep", help=HELP, description=HELP + ".", epilog=EPILOG,
@@ -28,8 +29,10 @@ def add_parser(sub) -> None:
     p.add_argument("--datasets", help="comma-separated dataset keys (default with --experiment: "
                                       "the paper's datasets)")
     p.add_argument("--lr-mults", metavar="K,...",
-                   help="learning-rate multipliers of every cell (default: 100,10,1,0.1,0.01)")
-    p.add_argument("--seeds", help="seeds of every cell: 1 or 1,2,3 or 1-5 (default: 1)")
+                   help="learning-rate multipliers of every cell (default: "
+                        f"{','.join(f'{k:g}' for k in LR_MULTS)})")
+    p.add_argument("--seeds", help="seeds of every cell: 1 or 1,2,3 or 1-5 (default: "
+                                   f"{','.join(map(str, SEEDS))})")
     p.add_argument("--db", default="results.db", help="results database (default: %(default)s)")
     p.add_argument("--workers", type=int, default=None,
                    help="runs at once (default: the number of cores, local; the cluster's CPUs, "
@@ -43,13 +46,13 @@ def add_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print the planned runs and what is already stored; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_run_options(p, single=False)
+    add_run_options(p, per_run=False)
     p.set_defaults(func=run)
 
 
 def plan_from_args(args):
     """The validated runs of the command (every user mistake is raised here)."""
-    from ..experiments import LR_MULTS, parse_floats, parse_list, parse_seeds, plan
+    from ..sweep.plan import LR_MULTS, parse_floats, parse_list, parse_seeds, plan
     from .run import config_from_args
 
     return plan(experiment=args.experiment,
@@ -88,7 +91,7 @@ def run(args) -> int:
     store.check(args.db)  # a non-SQLite file or a newer schema stops here, nothing written
     if args.dry_run:
         return _dry_run(runs, args.db)
-    store.check_writable(args.db)  # before the data are loaded to check them
+    store.check_writable(args.db)  # a read-only --db stops here, before the device lines
     if args.backend == "local" or not args.address:
         # The workers run on this machine: what would make every run fail stops here.
         preflight(_unfinished(runs, args.db, args.retry_failed))
@@ -123,8 +126,9 @@ def preflight(runs) -> None:
     each dataset loads and is valid (each loaded once, then dropped: the workers load their
     own), and each network takes its dataset's inputs. Prints the device and notes on stderr."""
     from .. import data, models
+    from ..config import TrainConfig
     from ..hardware import bf16_note, check_device, resolve_device
-    from ..train import TrainConfig
+    from ..train import honest_split
 
     d = TrainConfig()
     configs = [{**d.to_dict(), **r.config} for r in runs]
@@ -132,11 +136,14 @@ def preflight(runs) -> None:
         check_device(device)
     by_data: dict[tuple, set] = {}
     for c in configs:
-        by_data.setdefault((c["dataset"], c["data_dir"], c["data_seed"]), set()).add(c["model"])
+        by_data.setdefault((c["dataset"], c["data_dir"], c["data_seed"]), set()).add(
+            (c["model"], c["protocol"], c["val_fraction"]))
     for (key, data_dir, seed), wanted in by_data.items():
         ds = data.load(key, data_dir, seed=seed)
-        for model in sorted(wanted, key=str):
+        for model, protocol, val_fraction in sorted(wanted, key=str):
             models.check_fit(model or ds.model, ds.input_shape, key)
+            honest_split(TrainConfig(protocol=protocol, val_fraction=val_fraction,
+                                     data_seed=seed), ds)  # leaves something to train on
         del ds
     import torch
 

@@ -6,10 +6,11 @@ dataset) cell expands to one run per learning-rate multiplier × seed (the paper
 multipliers, one seed) and per *procedure*: a cell normally has one procedure, but Table 2's
 `uSF+BM` cell also tried batch 100 for 3 epochs then 500, and reported the better one, so
 Experiment A's `uSF+BM` cell runs both. The cell value then takes the best over all of a cell's
-runs (`asymbp.cells`).
+runs (`asymbp.report.cells`).
 
 `plan(...)` turns an experiment (or a user grid of methods × datasets) into `RunSpec`s; it
-validates every name first, so a mistake is one line before any work is done.
+validates every name first, so a mistake is one line before any work is done. `cell(...)` gives
+the plain configs of one cell (for `train_many`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,17 @@ import hashlib
 import json
 import math
 import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
-from .errors import AsymbpError, unknown
+from .. import data
+from ..config import NOT_IN_KEY, PER_RUN, TrainConfig, check_config
+from ..errors import AsymbpError, unknown
+from ..methods import parse_method
+from ..registry import Registry
 
-LR_MULTS = (100.0, 10.0, 1.0, 0.1, 0.01)  # k in lr = 5e-4 × k (DESIGN §6)
+# The paper's five learning-rate multipliers k (base = 5e-4 × k), DESIGN §6.
+LR_MULTS = (100.0, 10.0, 1.0, 0.1, 0.01)
 SEEDS = (1,)
 GRID = "grid"  # the experiment label of a user grid (methods × datasets)
 # Beyond these a sweep is a typo ("1-1000000"), not a plan: refused before a list is built.
@@ -48,26 +55,26 @@ class Experiment:
 
     @property
     def columns(self) -> list[str]:
-        from .paper import columns
+        from ..paper import columns  # pandas: imported when a table is read
 
         return columns(self.key)
 
     @property
     def datasets(self) -> list[str]:
-        from .paper import published
+        from ..paper import published
 
         return list(published(self.key).index)
 
 
-EXPERIMENTS: dict[str, Experiment] = {}
+EXPERIMENTS: Registry[Experiment] = Registry("experiment",
+                                             "or give --methods and --datasets for a grid")
 
 
 def register(key: str, procedures: dict | None = None) -> Experiment:
-    from .paper import TABLES
+    """Register the paper's table `key` as an experiment (`procedures`: see `Experiment`)."""
+    from ..paper import TABLES
 
-    exp = Experiment(key, TABLES[key][1], procedures or {})
-    EXPERIMENTS[key] = exp
-    return exp
+    return EXPERIMENTS.register(key, Experiment(key, TABLES[key][1], procedures or {}))
 
 
 # Table 2: "uSF+BM ... we also tried batch size 100 for 3 epochs, then 500" — the better counts.
@@ -81,10 +88,7 @@ register("BM")
 
 def get(key: str) -> Experiment:
     """The experiment `key` (case-insensitive), or the one-line error listing the valid ones."""
-    for k, exp in EXPERIMENTS.items():
-        if k.lower() == str(key).lower():
-            return exp
-    raise unknown("experiment", key, EXPERIMENTS, "or give --methods and --datasets for a grid")
+    return EXPERIMENTS[key]
 
 
 @dataclass(frozen=True)
@@ -104,14 +108,8 @@ class RunSpec:
         return run_key(self.experiment, self.config)
 
 
-# Fields that change where or how fast a run executes, not what it computes.
-_NOT_IN_KEY = ("device", "data_dir", "compile", "channels_last", "eval_batch_size")
-
-
 @functools.cache
 def _defaults() -> dict:
-    from .train import TrainConfig
-
     return TrainConfig().to_dict()
 
 
@@ -119,14 +117,12 @@ def canonical_config(config: dict) -> str:
     """The config as canonical JSON, the input of the run key: sorted keys, execution-only
     fields dropped, and fields at their default dropped too, so that adding a new config field
     (with a default that keeps the old behaviour) leaves existing run keys, and resumes, intact."""
-    from .train import TrainConfig
-
     cfg = TrainConfig.from_dict(dict(config))
     # The fields as they are (json.dumps copies nothing), not to_dict's deep copy: a plan
     # computes one key per run, and asdict was most of a 100 000-run plan's time.
     full = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
     defaults = _defaults()
-    for k in _NOT_IN_KEY:
+    for k in NOT_IN_KEY:
         full.pop(k, None)
     full = {k: v for k, v in full.items() if k not in defaults or v != defaults[k]}
     return json.dumps(full, sort_keys=True, separators=(",", ":"), default=str)
@@ -187,6 +183,13 @@ def parse_seeds(text: str | None) -> list[int]:
     return out
 
 
+def cell(method: str, dataset: str, seeds: Iterable[int] = SEEDS, lr_mults=LR_MULTS,
+         **options) -> list[dict]:
+    """The configs of one (method, dataset) cell: every lr multiplier × every seed."""
+    return [dict(dataset=dataset, method=method, lr_mult=float(k), seed=int(s), **options)
+            for s in seeds for k in lr_mults]
+
+
 def plan(experiment: str | None = None, methods: list[str] | None = None,
          datasets: list[str] | None = None, lr_mults=LR_MULTS, seeds=SEEDS,
          base: dict | None = None) -> list[RunSpec]:
@@ -204,12 +207,8 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
         `RunSpec`s in a stable order: dataset, method, procedure, multiplier, seed; a run key
         appears once (a repeated multiplier, seed, method or dataset adds no run).
     """
-    from . import data
-    from .methods import parse_method
-    from .train import TrainConfig, check_config
-
     base = dict(base or {})
-    for k in ("dataset", "method", "lr_mult", "seed"):
+    for k in PER_RUN:  # each run's own
         base.pop(k, None)
     if experiment is not None:
         exp = get(experiment)

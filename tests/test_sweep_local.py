@@ -1,4 +1,6 @@
-"""train_many (concurrent workers) gives the same results as train() one run at a time.
+"""The local executor (asymbp.sweep.local): train_many, concurrent workers, gives the same
+results as train() one run at a time; threads per worker are counted one way; a failed run
+raises.
 
 A seeded cell: the paper's five learning-rate multipliers of one method, plus a second seed,
 on a small synthetic dataset. With the same number of torch threads per process the kernels
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from asymbp.batched import cell, default_layout, train_many
+from asymbp.sweep import cell, default_layout, train_many
 from asymbp.data import Dataset
 from asymbp.errors import AsymbpError
 from asymbp.train import train
@@ -83,3 +85,22 @@ def test_in_process_path_and_layout():
     assert default_layout(1, cpus=2) == (1, 2)
     with pytest.raises(AsymbpError, match="method"):
         train_many([{"method": "nope"}], workers=0)
+
+
+def test_threads_per_worker_is_the_one_rule():
+    from asymbp.sweep import cores, threads_per_worker
+
+    assert threads_per_worker(2, cpus=5) == 2 and threads_per_worker(8, cpus=2) == 1
+    assert threads_per_worker(1) == cores()  # the cores this process may use
+    assert default_layout(3, cpus=8) == (3, threads_per_worker(3, cpus=8))
+
+
+def test_a_run_that_fails_in_a_worker_raises_and_names_the_run():
+    # the mnist network cannot take 1x8x8 images: train() refuses it inside the worker
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 1, 8, 8)).astype(np.float32)
+    data = Dataset("mnist5k", x, np.arange(20) % 2, x[:4], np.arange(4) % 2, 2, "mnist")
+    with pytest.raises(RuntimeError, match=r"run 0 of train_many \(SGD on mnist5k, k=1, seed 1\) "
+                                           r"failed: model 'mnist' needs"):
+        train_many(cell("SGD", "mnist5k", lr_mults=[1.0], epochs=1), workers=1, threads=1,
+                   data=data)
