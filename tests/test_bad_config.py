@@ -346,3 +346,12 @@ def test_roles_give_the_run_key_and_the_resume_rules():
     for name in NOT_IN_KEY:
         assert run_key("A", {**base, name: other[name]}) == run_key("A", base), name
     assert run_key("A", {**base, "alignment": False}) != run_key("A", base)  # recorded: in it
+
+
+def test_names_typed_in_another_case_plan_the_same_runs():
+    from asymbp.sweep import plan
+
+    lower = plan(methods=["SGD"], datasets=["mnist1d"], lr_mults=[1], base={"model": "mlp"})
+    upper = plan(methods=["SGD"], datasets=["MNIST1D"], lr_mults=[1], base={"model": "MLP"})
+    assert [r.key for r in upper] == [r.key for r in lower]
+    assert upper[0].config["dataset"] == "mnist1d" and upper[0].config["model"] == "mlp"

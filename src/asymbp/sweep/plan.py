@@ -23,7 +23,7 @@ import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
-from .. import data
+from .. import data, models
 from ..config import NOT_IN_KEY, PER_RUN, TrainConfig, check_config
 from ..errors import AsymbpError, unknown
 from ..methods import parse_method
@@ -228,8 +228,10 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
                               "--datasets for a grid")
     for m in methods:
         parse_method(m)
-    for d in datasets:
-        data.check_key(d)
+    # Names as registered (`MNIST` is `mnist`): one run, one key, however it was typed.
+    datasets = [data.check_key(d) for d in datasets]
+    if base.get("model") is not None:
+        base["model"] = models.MODELS.canonical(base["model"])
     lr_mults, seeds = _numbers(lr_mults, "learning-rate multiplier"), _numbers(seeds, "seed")
     if not lr_mults or not seeds:
         raise AsymbpError("a sweep needs at least one learning-rate multiplier and one seed")
