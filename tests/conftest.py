@@ -200,47 +200,6 @@ def write_flowers17(root: Path) -> dict:
     return {"trn": trn, "val": val, "tst": tst}
 
 
-# Each writer is a fixture of its name (session-wide: a writer is a plain function, no state).
-@pytest.fixture(scope="session", name="write_mnist")
-def _write_mnist():
-    return write_mnist
-
-
-@pytest.fixture(scope="session", name="write_cifar")
-def _write_cifar():
-    return write_cifar
-
-
-@pytest.fixture(scope="session", name="write_svhn")
-def _write_svhn():
-    return write_svhn
-
-
-@pytest.fixture(scope="session", name="write_stl10")
-def _write_stl10():
-    return write_stl10
-
-
-@pytest.fixture(scope="session", name="write_tree")
-def _write_tree():
-    return write_tree
-
-
-@pytest.fixture(scope="session", name="write_flowers102")
-def _write_flowers102():
-    return write_flowers102
-
-
-@pytest.fixture(scope="session", name="write_flowers17")
-def _write_flowers17():
-    return write_flowers17
-
-
-@pytest.fixture(scope="session", name="tar_folder")
-def _tar_folder():
-    return tar_folder
-
-
 # ---- a download mirror on 127.0.0.1 -------------------------------------------------------
 
 
@@ -312,11 +271,6 @@ def pin(monkeypatch, key: str, folder: Path, algo: str = "md5", wrong: str | Non
     monkeypatch.setitem(dl.SOURCES, key, remotes)
 
 
-@pytest.fixture(scope="session", name="pin")
-def _pin():
-    return pin
-
-
 # ---- results-database rows --------------------------------------------------------------------
 
 
@@ -364,21 +318,12 @@ def results_db(path: Path, keep_open: bool = False):
     return None
 
 
-@pytest.fixture(scope="session", name="some_runs")
-def _some_runs():
-    return some_runs
+# Every helper above is handed out as a fixture of its own name (session-wide: each is a plain
+# function with no state), so a test asks for `write_mnist` like for `tmp_path`.
+def _hand_out(helper):
+    return pytest.fixture(scope="session", name=helper.__name__)(lambda: helper)
 
 
-@pytest.fixture(scope="session", name="result")
-def _result():
-    return result
-
-
-@pytest.fixture(scope="session", name="epoch")
-def _epoch():
-    return epoch
-
-
-@pytest.fixture(scope="session", name="results_db")
-def _results_db():
-    return results_db
+for _helper in (write_mnist, write_cifar, write_svhn, write_stl10, write_tree, write_flowers102,
+                write_flowers17, tar_folder, pin, some_runs, result, epoch, results_db):
+    globals()["_fixture_" + _helper.__name__] = _hand_out(_helper)
