@@ -194,3 +194,22 @@ def test_sparse_dfa_lone_layer_input_gradient_is_masked_B():
     B = layer.feedback.B.numpy()
     assert (B == 0).any()
     np.testing.assert_allclose(x.grad.numpy(), g.numpy() @ B.T, rtol=1e-10, atol=1e-12)
+
+
+def test_options_reach_a_run_through_scheme_options(tmp_path):
+    """TrainConfig.scheme_options carries the options to every layer of a run (the sweep's
+    experiments set them there); a bad one fails before anything trains."""
+    from asymbp.train import train
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 6)).astype(np.float32), rng.integers(0, 3, size=60)
+    path = tmp_path / "blobs.npz"
+    np.savez(path, x_train=x, y_train=y, x_test=x[:20], y_test=y[:20])
+    base = dict(dataset=f"npz:{path}", model="mlp", method="RndF", epochs=1, batch_size=20,
+                alignment=True)
+    dense = train(base)
+    sparse = train({**base, "scheme_options": {"init": "xavier", "density": 0.3}})
+    assert sparse["config"]["scheme_options"] == {"init": "xavier", "density": 0.3}
+    assert sparse["epochs"][-1] != dense["epochs"][-1]
+    with pytest.raises(AsymbpError, match="density"):
+        train({**base, "scheme_options": {"density": 2}})
