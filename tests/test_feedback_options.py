@@ -213,3 +213,15 @@ def test_options_reach_a_run_through_scheme_options(tmp_path):
     assert sparse["epochs"][-1] != dense["epochs"][-1]
     with pytest.raises(AsymbpError, match="density"):
         train({**base, "scheme_options": {"density": 2}})
+
+
+def test_parse_options_reads_key_value_texts():
+    assert feedback.parse_options(["scale=xavier", "density=0.1", " alpha = 10 ",
+                                   "orthogonal=True"]) == {
+        "scale": "xavier", "density": 0.1, "alpha": 10, "orthogonal": True}
+    assert feedback.parse_options([]) == {}
+    layer = AsymLinear(6, 4, scheme="uSF", seed=1, **feedback.parse_options(["scale=0.5"]))
+    assert layer.feedback.c == 0.5
+    for bad in ["scale", "=xavier", "density=", "two words=1"]:
+        with pytest.raises(AsymbpError, match="KEY=VALUE"):
+            feedback.parse_options([bad])

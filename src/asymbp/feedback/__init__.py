@@ -10,8 +10,8 @@ The schemes register in the order of their modules here, the order `asymbp metho
 """
 
 from .base import (SCHEMES, Feedback, check_density, check_p, default_init, eager, fan_in, fans,
-                   fsign, keep_mask, make, option_variants, register, resolve, scheme_names,
-                   variants, xavier_bound)
+                   fsign, keep_mask, make, option_variants, parse_options, register, resolve,
+                   scheme_names, variants, xavier_bound)
 from .schemes import (BP, BatchwiseRandomSignFeedback, FixedRandomSignFeedback, KolenPollack,
                       NormalizedUniformSignFeedback, OrthogonalProductFeedbackAlignment,
                       ProductFeedbackAlignment, RandomFeedback, ScaledSignFeedback,
@@ -47,6 +47,7 @@ __all__ = [
     "mirror_step",
     "mirrored_layers",
     "option_variants",
+    "parse_options",
     "register",
     "resolve",
     "scheme_names",

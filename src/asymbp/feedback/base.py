@@ -96,6 +96,32 @@ def make(name: str, W: Tensor, seed: int, **options) -> "Feedback":
     return cls(W, seed, **opts)
 
 
+def parse_options(items) -> dict:
+    """Scheme options from `KEY=VALUE` texts (a command line's `--scheme-option scale=xavier`):
+    a number becomes a float (an int when integral), true/false a bool, anything else stays text.
+    """
+    options = {}
+    for item in items:
+        key, eq, text = str(item).partition("=")
+        key, text = key.strip(), text.strip()
+        if not eq or not key.isidentifier() or not text:
+            raise AsymbpError(f"scheme option {item!r} is not KEY=VALUE; give e.g. scale=xavier "
+                              "or density=0.1")
+        options[key] = _option_value(text)
+    return options
+
+
+def _option_value(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return text
+
+
 def fsign(W: Tensor, scale: float | Tensor = 1.0) -> Tensor:
     """scale·sign(W) for feedback: ±scale, a zero weight counts as +1 (DESIGN §2).
 
