@@ -16,6 +16,10 @@ import asymbp
 import asymbp.distributed
 
 SCHEMES = asymbp.feedback.variants()
+# Every scheme, then each with its non-default options (BioTorch's scales, sparse feedback):
+# (key, scheme, options).
+VARIANTS = [(s, s, {}) for s in SCHEMES] + [
+    (f"{s}{sorted(o.items())}", s, o) for s, o in asymbp.feedback.option_variants()]
 
 
 def _free_port() -> int:
@@ -30,14 +34,14 @@ def _init(rank: int, world: int, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
-def _worker(rank: int, world: int, port: int, schemes: list[str], out_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, variants: list, out_dir: str) -> None:
     _init(rank, world, port)
     try:
         results = {}
-        for scheme in schemes:
+        for key, scheme, options in variants:
             torch.manual_seed(0)
             model = asymbp.models.build("mnist", 10, bn=True)
-            asymbp.convert(model, scheme, seed=5)
+            asymbp.convert(model, scheme, seed=5, **options)
             ddp = DDP(model)
             opt = asymbp.optim.SGD(ddp.parameters(), lr=1e-3)
             gen = torch.Generator().manual_seed(100 + rank)  # each rank sees different data
@@ -49,7 +53,7 @@ def _worker(rank: int, world: int, port: int, schemes: list[str], out_dir: str) 
                 F.cross_entropy(ddp(x), y, reduction="sum").backward()
                 opt.step()
                 Vs.append([l.feedback_weight() for _, l in asymbp.asym_layers(model)])
-            results[scheme] = Vs
+            results[key] = Vs
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         asymbp.distributed.shutdown()  # not destroy_process_group: see its docstring
@@ -58,16 +62,21 @@ def _worker(rank: int, world: int, port: int, schemes: list[str], out_dir: str) 
 @pytest.mark.slow
 def test_feedback_identical_across_ranks_for_every_scheme(tmp_path):
     port = _free_port()
-    mp.spawn(_worker, args=(2, port, SCHEMES, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, port, VARIANTS, str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt")
     r1 = torch.load(tmp_path / "rank1.pt")
-    for scheme in SCHEMES:
-        for step0, step1 in zip(r0[scheme], r1[scheme]):
+    for key, scheme, options in VARIANTS:
+        for step0, step1 in zip(r0[key], r1[key]):
             for a, b in zip(step0, step1):
-                assert torch.equal(a, b), scheme
+                assert torch.equal(a, b), key
         # Redrawn schemes really do draw afresh each step on every rank.
         if asymbp.feedback.resolve(scheme)[0].redrawn:
-            assert not torch.equal(r0[scheme][0][0], r0[scheme][1][0])
+            assert not torch.equal(r0[key][0][0], r0[key][1][0])
+        # Sparse feedback is sparse on every rank (the same connections, by the equality above);
+        # PFA's and DFA's masks are on B, not on V.
+        cls = asymbp.feedback.resolve(scheme)[0]
+        if options.get("density", 1) < 1 and not (cls.direct or cls.learned):
+            assert any((V == 0).any() for V in r0[key][0]), key
 
 
 def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:

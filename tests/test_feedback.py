@@ -19,7 +19,7 @@ SCHEMES = feedback.variants()
 OSCHEMES = [s for s in SCHEMES if not feedback.resolve(s)[0].direct]  # dE/dx = Vᵀ g
 
 
-CAPABILITIES = ("learned", "redrawn", "symmetric", "direct", "takes_p", "mirrored")
+CAPABILITIES = ("learned", "redrawn", "symmetric", "direct", "takes_p", "mirrored", "sparse")
 
 
 @pytest.mark.parametrize("name", list(feedback.SCHEMES))
@@ -29,6 +29,9 @@ def test_every_scheme_declares_its_capabilities(name):
     for capability in CAPABILITIES:
         assert isinstance(getattr(cls, capability), bool), capability
     assert cls.takes_p == ("p" in cls.options())
+    assert cls.sparse == ("density" in cls.options())
+    for example in cls.examples:  # the option variants the oracle tests use are real options
+        assert set(example) <= set(cls.options()), example
     layer = AsymLinear(4, 3, scheme=name, seed=1)
     assert layer.feedback.option_values().keys() == set(cls.options())
     assert layer.feedback.factored_backward(2) == (name in ("PFA", "PFA-o"))  # V = B·R, tiny batch

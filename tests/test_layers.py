@@ -23,6 +23,10 @@ from asymbp.errors import AsymbpError
 # those whose input gradient is Vᵀ g (not DFA's projected output error).
 SCHEMES = feedback.variants()
 OSCHEMES = [s for s in SCHEMES if not feedback.resolve(s)[0].direct]
+# ... and each built with its non-default options too (BioTorch's scales, sparse feedback).
+OVARIANTS = [pytest.param(s, {}, id=s) for s in OSCHEMES] + [
+    pytest.param(s, o, id=f"{s}[{','.join(f'{k}={v}' for k, v in o.items())}]")
+    for s, o in feedback.option_variants() if not feedback.resolve(s)[0].direct]
 
 # One thread: the numbers do not depend on the count that the machine or an earlier test left
 # (and tiny tensors are faster on one).
@@ -37,17 +41,17 @@ LAYERS = {
 }
 
 
-def make_layer(cfg: dict, scheme: str, seed: int = 3, dtype=torch.float64):
+def make_layer(cfg: dict, scheme: str, seed: int = 3, dtype=torch.float64, **options):
     torch.manual_seed(0)
     if cfg["kind"] == "linear":
         layer = AsymLinear(cfg["in_"], cfg["out"], bias=cfg["bias"], scheme=scheme, seed=seed,
-                           dtype=dtype)
+                           dtype=dtype, **options)
         x = torch.randn(5, cfg["in_"], dtype=dtype)
     else:
         layer = AsymConv2d(cfg["in_"], cfg["out"], cfg["k"], stride=cfg["stride"],
                            padding=cfg["padding"], dilation=cfg.get("dilation", 1),
                            groups=cfg["groups"], bias=cfg["bias"], scheme=scheme, seed=seed,
-                           dtype=dtype)
+                           dtype=dtype, **options)
         x = torch.randn(2, cfg["in_"], 9, 9, dtype=dtype)
     return layer, x
 
@@ -62,10 +66,10 @@ def reference(cfg, layer, x, weight):
 
 
 @pytest.mark.parametrize("cfg_name", list(LAYERS))
-@pytest.mark.parametrize("scheme", OSCHEMES)
-def test_input_gradient_is_V_transpose_g(scheme, cfg_name):
+@pytest.mark.parametrize("scheme,options", OVARIANTS)
+def test_input_gradient_is_V_transpose_g(scheme, options, cfg_name):
     cfg = LAYERS[cfg_name]
-    layer, x = make_layer(cfg, scheme)
+    layer, x = make_layer(cfg, scheme, **options)
     x.requires_grad_(True)
     y = layer(x)
     g = torch.randn_like(y)

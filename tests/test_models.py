@@ -20,6 +20,8 @@ large, 119×119×3: conv 9×9×48 /2 (119→56, pool →28), conv 5×5×128 (28�
            = 11712 + 153728 + 4718848 + 8738 + 595 = 4893621
 mlp, 1845 → 512 → 256 → 80 (TIMIT-80):
     1845·512+512 + 512·256+256 + 256·80+80 = 945152 + 131328 + 20560 = 1097040
+mlp512, 28×28×1 flattened → 512 → 512 → 10 (Li & Benna 2024):
+    784·512+512 + 512·512+512 + 512·10+10 = 401920 + 262656 + 5130 = 669706
 BN adds 2 parameters per channel/unit when affine, none otherwise (running stats are buffers):
     mnist: 2·(20 + 50 + 500) = 1140.
 """
@@ -44,6 +46,7 @@ TABLE1 = {
     "large": (dict(num_classes=102), (3, 119, 119), 102, 5889476, 48 + 128 + 306 + 204),
     "large17": (dict(num_classes=17), (3, 119, 119), 17, 4893621, 48 + 128 + 256 + 34),
     "mlp": (dict(num_classes=80, in_channels=1845), (1845,), 80, 1097040, 512 + 256),
+    "mlp512": (dict(num_classes=10), (1, 28, 28), 10, 669706, 512 + 512),
 }
 
 
@@ -65,6 +68,18 @@ def test_table1_shapes_and_parameter_counts(name):
         model.eval()
         out = model(torch.randn(2, *shape))
         assert out.shape == (2, classes)
+
+
+def test_mlp512_is_li_and_benna_784_512_512_10():
+    model = build("mlp512", 10)
+    fcs = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert [(m.in_features, m.out_features) for m in fcs] == [(784, 512), (512, 512), (512, 10)]
+    assert all(isinstance(m, nn.Linear) and m.bias is not None for m in fcs)  # no conv
+    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 2
+    assert check_fit("mlp512", (1, 28, 28)) is None
+    assert build("mlp512", 10, in_channels=3, image_size=32).classifier[0].in_features == 3072
+    with pytest.raises(AsymbpError):
+        check_fit("mlp512", (784,))  # an image network: vectors go to `mlp`
 
 
 def test_cifar_pool_padding_sizes():
@@ -100,7 +115,7 @@ def _sequence(model):
     return [m for m in model.modules() if not list(m.children())]
 
 
-@pytest.mark.parametrize("key", ["mnist", "cifar", "svhn", "large", "mlp"])
+@pytest.mark.parametrize("key", ["mnist", "cifar", "svhn", "large", "mlp", "mlp512"])
 @pytest.mark.parametrize("affine", [False, True])
 def test_bn_before_every_relu_and_not_after_classifier(key, affine):
     kwargs = dict(in_channels=20) if key == "mlp" else {}
@@ -121,7 +136,7 @@ def test_bn_before_every_relu_and_not_after_classifier(key, affine):
         assert (b.weight is not None) == affine
 
 
-@pytest.mark.parametrize("key", ["mnist", "cifar", "svhn", "large", "mlp"])
+@pytest.mark.parametrize("key", ["mnist", "cifar", "svhn", "large", "mlp", "mlp512"])
 def test_no_bn_by_default(key):
     kwargs = dict(in_channels=20) if key == "mlp" else {}
     model = build(key, 10, **kwargs)

@@ -1,7 +1,8 @@
 """How well the feedback lines up with backprop.
 
 `layer_alignment(model)`: per asymmetric layer, the angle in degrees between V and W, the
-fraction of feedback signs that agree with W's, and ‖V‖/‖W‖.
+fraction of feedback signs that agree with W's, and ‖V‖/‖W‖. For PFA, V = B·R, so these are Li &
+Benna's (2024) own measures: the path alignment (the angle between W and B·R) and ‖B·R‖/‖W‖.
 
 `error_signal_alignment(model, x, y)`: for one batch, per layer, the angle between the error
 signal the layer receives (dE/dy at its output) under the model's feedback and under true

@@ -384,3 +384,14 @@ def lenet_cifar(num_classes, in_channels, image_size, norm):
 @register("resnet56", 3, 32, "CIFAR ResNet-56 (He et al. 2016): 3 stages of 9 blocks, 16/32/64")
 def resnet56(num_classes, in_channels, image_size, norm):
     return ResNet([16, 32, 64], [9, 9, 9], num_classes, in_channels, norm, "A", "cifar")
+
+
+# ---- Li & Benna 2024 (Product Feedback Alignment) -------------------------------------------
+
+
+@register("mlp512", 1, 28, "Li & Benna's MNIST network: fc 512, fc 512, fc C on the flattened "
+          "image (784-512-512-10, ReLU)")
+def mlp512(num_classes, in_channels, image_size, norm):
+    # An image network that flattens its input (C·H·W features, 784 for MNIST), not a vector one
+    # like `mlp`: it takes any image dataset, and builds without in_channels.
+    return MLP(_fc_stack([in_channels * image_size**2, 512, 512, num_classes], norm))

@@ -9,8 +9,9 @@
 The schemes register in the order of their modules here, the order `asymbp methods` lists them.
 """
 
-from .base import (SCHEMES, Feedback, check_p, default_init, eager, fan_in, fsign, make,
-                   register, resolve, scheme_names, variants)
+from .base import (SCHEMES, Feedback, check_density, check_p, default_init, eager, fan_in, fans,
+                   fsign, keep_mask, make, option_variants, parse_options, register, resolve,
+                   scheme_names, variants, xavier_bound)
 from .schemes import (BP, BatchwiseRandomSignFeedback, FixedRandomSignFeedback, KolenPollack,
                       NormalizedUniformSignFeedback, OrthogonalProductFeedbackAlignment,
                       ProductFeedbackAlignment, RandomFeedback, ScaledSignFeedback,
@@ -34,16 +35,22 @@ __all__ = [
     "ScaledSignFeedback",
     "UniformSignFeedback",
     "WeightMirror",
+    "check_density",
     "check_p",
     "default_init",
     "eager",
     "fan_in",
+    "fans",
     "fsign",
+    "keep_mask",
     "make",
     "mirror_step",
     "mirrored_layers",
+    "option_variants",
+    "parse_options",
     "register",
     "resolve",
     "scheme_names",
     "variants",
+    "xavier_bound",
 ]

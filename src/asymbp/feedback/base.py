@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..errors import AsymbpError
 from ..registry import Registry
+from ..rng import cpu_generator
 
 SCHEMES: Registry[type["Feedback"]] = Registry(
     "feedback scheme", hint="and brSF-p, frSF-p with p = 0..100, the % of flipped signs")
@@ -40,6 +41,12 @@ def register(name: str):
 def scheme_names() -> list[str]:
     """The registered scheme names, as printed in method strings."""
     return list(SCHEMES)
+
+
+def option_variants() -> list[tuple[str, dict]]:
+    """Each scheme with each of its non-default options (`Feedback.examples`), as (name, options):
+    the oracle tests build every scheme these ways too, beside the plain `variants()`."""
+    return [(name, dict(opts)) for name, cls in SCHEMES.items() for opts in cls.examples]
 
 
 def variants(flips: tuple[float, ...] = (25, 50, 100)) -> list[str]:
@@ -89,6 +96,32 @@ def make(name: str, W: Tensor, seed: int, **options) -> "Feedback":
     return cls(W, seed, **opts)
 
 
+def parse_options(items) -> dict:
+    """Scheme options from `KEY=VALUE` texts (a command line's `--scheme-option scale=xavier`):
+    a number becomes a float (an int when integral), true/false a bool, anything else stays text.
+    """
+    options = {}
+    for item in items:
+        key, eq, text = str(item).partition("=")
+        key, text = key.strip(), text.strip()
+        if not eq or not key.isidentifier() or not text:
+            raise AsymbpError(f"scheme option {item!r} is not KEY=VALUE; give e.g. scale=xavier "
+                              "or density=0.1")
+        options[key] = _option_value(text)
+    return options
+
+
+def _option_value(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return text
+
+
 def fsign(W: Tensor, scale: float | Tensor = 1.0) -> Tensor:
     """scale·sign(W) for feedback: ±scale, a zero weight counts as +1 (DESIGN §2).
 
@@ -105,6 +138,51 @@ def fsign(W: Tensor, scale: float | Tensor = 1.0) -> Tensor:
 def fan_in(W: Tensor) -> int:
     """in_features (Linear) or kh·kw·C_in/groups (Conv2d)."""
     return W[0].numel()
+
+
+def fans(W: Tensor) -> tuple[int, int]:
+    """(fan_in, fan_out) as torch.nn.init computes them: C_in·k·k and C_out·k·k for a conv
+    (C_in per group), in_features and out_features for a Linear."""
+    receptive = W[0][0].numel() if W.dim() > 2 else 1
+    return W.shape[1] * receptive, W.shape[0] * receptive
+
+
+def xavier_bound(W: Tensor) -> float:
+    """a = √(6 / (fan_in + fan_out)): Xavier-uniform's U(−a, a) for W's shape (Glorot & Bengio
+    2010), the scale of BioTorch's feedback."""
+    fi, fo = fans(W)
+    return math.sqrt(6.0 / (fi + fo))
+
+
+def check_choice(scheme: str, option: str, value, valid: tuple[str, ...]) -> str:
+    if value not in valid:
+        raise AsymbpError(f"{scheme} {option}={value!r} is not one of {', '.join(valid)}; "
+                          f"give e.g. {option}={valid[-1]}")
+    return value
+
+
+def check_density(density) -> float:
+    try:
+        d = float(density)
+    except (TypeError, ValueError):
+        d = math.nan
+    if not 0.0 < d <= 1.0:
+        raise AsymbpError(f"feedback density={density!r} is outside (0, 1]; give the fraction of "
+                          "feedback connections to keep, e.g. density=0.1 (1: all)")
+    return d
+
+
+def keep_mask(shape, density: float, seed: int) -> Tensor | None:
+    """Sparse feedback (Li & Benna 2024): a fixed 0/1 mask keeping each entry with probability
+    `density`; None at density 1 (everything kept, no buffer, nothing drawn).
+
+    Drawn on the CPU from its own stream of the layer's seed, so the scheme's other draws (M, V,
+    B) stay those of the dense scheme, and every process and device draws the same mask.
+    """
+    if density >= 1.0:
+        return None
+    gen = cpu_generator((int(seed) * 2654435761 + 2) % (2**63))
+    return (torch.rand(tuple(shape), generator=gen) < density).float()
 
 
 def default_init(shape, fan: int, gen: torch.Generator) -> Tensor:
@@ -178,6 +256,11 @@ class Feedback(nn.Module):
     direct = False
     takes_p = False  # takes a sign-flip probability p, also as a name suffix: brSF-25
     mirrored = False  # V is learned in separate mirror steps (WM), which train() interleaves
+    # takes `density`: only that fraction of the fixed feedback connections is kept (the rest
+    # zero), chosen once from the seed: V's entries, or B's for DFA and PFA (Li & Benna 2024)
+    sparse = False
+    # non-default options the oracle tests also build the scheme with (`option_variants`)
+    examples: tuple[dict, ...] = ()
 
     def __init__(self, W: Tensor, seed: int):
         super().__init__()

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from ..errors import AsymbpError
 from ..rng import cpu_generator
-from .base import Feedback, eager, install_model_hooks, register
+from .base import Feedback, check_density, eager, install_model_hooks, keep_mask, register
 
 
 class _Slot:
@@ -167,9 +167,11 @@ class DirectFeedbackAlignment(Feedback):
     """
 
     direct = True
+    sparse = True  # `density`: that fraction of B's entries kept, the rest zero
+    examples = ({"density": 0.3},)
 
     def __init__(self, W: Tensor, seed: int, num_classes: int | None = None, scale: float = 1.0,
-                 spatial: str = "mean"):
+                 spatial: str = "mean", density: float = 1.0):
         super().__init__(W, seed)
         C = int(num_classes) if num_classes is not None else W.shape[0]
         if C < 1:
@@ -177,13 +179,17 @@ class DirectFeedbackAlignment(Feedback):
         if spatial not in ("mean", "sum"):
             raise AsymbpError(f"unknown DFA spatial mode {spatial!r}; valid: mean, sum")
         self.num_classes, self.scale, self.spatial = C, float(scale), spatial
+        self.density = check_density(density)
         n_in = W.shape[1]  # in_features, or C_in (groups = 1)
         B = (torch.rand(n_in, C, generator=cpu_generator(seed)) * 2 - 1) * (scale / math.sqrt(n_in))
+        mask = keep_mask(B.shape, self.density, seed)
+        if mask is not None:
+            B = B * mask
         self.register_buffer("B", B.to(device=W.device, dtype=W.dtype))  # (in, C)
 
     @classmethod
     def options(cls):
-        return ("num_classes", "scale", "spatial")
+        return ("num_classes", "scale", "spatial", "density")
 
     @classmethod
     def prepare_model(cls, model: nn.Module, options: dict) -> dict:
@@ -213,4 +219,4 @@ class DirectFeedbackAlignment(Feedback):
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, scale={self.scale}, spatial={self.spatial}, "
-                f"seed={self.seed}")
+                f"density={self.density}, seed={self.seed}")
