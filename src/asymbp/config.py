@@ -102,7 +102,10 @@ class TrainConfig:
     base_lr: float = option(5e-4, "base learning rate before the multiplier")
     weight_decay: float = option(5e-4, "weight decay d; the paper does not state it, this is "
                                        "MatConvNet's")
-    momentum: float = option(0.9, "momentum m")
+    momentum: float = option(0.9, "momentum m (SGD and Batch Manhattan)")
+    # Adam's: (β1, β2) as text "B1,B2" (the command line's form) or a pair of numbers.
+    betas: str | tuple = option("0.9,0.999", "Adam's (beta1, beta2)", metavar="B1,B2")
+    eps: float = option(1e-8, "Adam's epsilon")
     # Li & Benna 2024 align PFA's and KP's V with W through a large first-epoch weight decay.
     feedback_weight_decay: str | None = option(
         None, "weight decay of learned feedback (KP, PFA): first epoch, then after, e.g. "
@@ -248,6 +251,9 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
                           "bn_stats='running' (--bn-stats running)")
     if cfg.protocol == "honest" and not 0 < cfg.val_fraction < 1:
         raise AsymbpError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
+    parse_betas(cfg.betas)
+    if not (cfg.eps >= 0 and math.isfinite(cfg.eps)):
+        raise AsymbpError(f"Adam's eps must be a finite number >= 0, got {cfg.eps}")
     parse_batch_schedule(cfg.batch_schedule)
     parse_feedback_weight_decay(cfg.feedback_weight_decay)
     if cfg.mirror_every < 1 or cfg.mirror_steps < 0 or cfg.mirror_warmup < 0:
@@ -293,6 +299,8 @@ _TYPES = {
     str: ("a string", lambda v: isinstance(v, str)),
     bool: ("a bool (True/False)", lambda v: isinstance(v, bool)),
     dict: ("a dict", lambda v: isinstance(v, dict)),
+    # a pair written as a tuple, or the list JSON makes of it (a stored config)
+    tuple: ("a tuple", lambda v: isinstance(v, (tuple, list))),
     type(None): ("None", lambda v: v is None),
 }
 
@@ -349,3 +357,17 @@ def parse_feedback_weight_decay(text: str | None) -> tuple[float, float] | None:
         raise AsymbpError(f"feedback weight decay must be two finite numbers >= 0, got "
                           f"{text!r}; e.g. '5e-3,1e-4'")
     return first, after
+
+
+def parse_betas(value: str | tuple | list) -> tuple[float, float]:
+    """"0.9,0.999" or (0.9, 0.999) -> (β1, β2), each in [0, 1)."""
+    try:
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        b1, b2 = (float(b) for b in parts)
+    except (TypeError, ValueError):
+        raise AsymbpError(f"bad Adam betas {value!r}; expected two numbers 'B1,B2', e.g. "
+                          "'0.9,0.999'") from None
+    if not (0 <= b1 < 1 and 0 <= b2 < 1):
+        raise AsymbpError(f"Adam's betas must be in [0, 1), got ({b1}, {b2}); e.g. "
+                          "'0.9,0.999'")
+    return b1, b2

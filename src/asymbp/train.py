@@ -38,7 +38,8 @@ from . import data as datasets
 from . import metrics
 from . import models
 from ._provenance import provenance
-from .config import TrainConfig, check_config, parse_batch_schedule, parse_feedback_weight_decay
+from .config import (TrainConfig, check_config, parse_batch_schedule, parse_betas,
+                     parse_feedback_weight_decay)
 from .convert import convert
 from .errors import AsymbpError
 from .execution import Execution
@@ -124,7 +125,8 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
     tensors = tensors.with_inputs(execution.memory_format)
     model = execution.memory_format(build_model(cfg, spec, tensors).to(device))
     optimizer = make_optimizer(spec.update, param_groups(model), lr=cfg.base_lr * cfg.lr_mult,
-                               momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+                               momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               betas=parse_betas(cfg.betas), eps=cfg.eps)
     step_model = execution.wrap(model)  # what the training steps call (DDP, compiled)
     data_gen = torch.Generator().manual_seed(cfg.seed)  # batch order
     stat_gen = torch.Generator().manual_seed(cfg.seed + 1)  # BN-statistics batches

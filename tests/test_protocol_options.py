@@ -1,0 +1,133 @@
+"""Issue #14's protocol pieces as options of one run: Adam as an update rule, the loss as a
+batch mean or sum, lr/wd milestones, Xavier initialisation, augmentation in the loop, resize,
+a validation split of a given size. Each against an independent computation; tiny data.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from asymbp.cli import main
+from asymbp.config import TrainConfig, check_config
+from asymbp.errors import AsymbpError
+from asymbp.methods import parse_method
+from asymbp.optim import Adam, make_optimizer
+from asymbp.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+D, C = 12, 3
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    """Gaussian blobs in 12 dimensions, 3 classes, 120 train / 45 test."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(C, D)) * 1.5
+
+    def make(n):
+        y = rng.integers(0, C, size=n)
+        return (centers[y] + rng.normal(size=(n, D))).astype(np.float32), y
+
+    (x_train, y_train), (x_test, y_test) = make(120), make(45)
+    path = tmp_path_factory.mktemp("data") / "blobs.npz"
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return f"npz:{path}"
+
+
+def cfg(npz, **kw):
+    return {**dict(dataset=npz, model="mlp", method="SGD", epochs=2, batch_size=40,
+                   alignment=False), **kw}
+
+
+# ---- 1. Adam as an update rule ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,scheme,name", [("Adam", "BP", "Adam"), ("uSF+Adam", "uSF", "uSF+Adam"),
+                                              ("brSF-25+BN+adam", "brSF", "brSF-25+BN+Adam")])
+def test_method_grammar_takes_adam(text, scheme, name):
+    spec = parse_method(text)
+    assert (spec.scheme, spec.update, spec.name) == (scheme, "Adam", name)
+    assert parse_method(spec.name) == spec
+
+
+def test_two_update_rules_are_refused():
+    with pytest.raises(AsymbpError, match="two update rules"):
+        parse_method("uSF+BM+Adam")
+
+
+def test_make_optimizer_adam_equals_torch_adam():
+    """Steps through make_optimizer (betas, eps, decay from the run's fields) equal
+    torch.optim.Adam fed the same gradients; momentum is not Adam's and is not passed."""
+    torch.manual_seed(0)
+    w0 = [torch.randn(4, 3), torch.randn(5)]
+    ours = [w.clone().requires_grad_() for w in w0]
+    ref = [w.clone().requires_grad_() for w in w0]
+    opt = make_optimizer("adam", ours, lr=1e-2, momentum=0.5, weight_decay=1e-3,
+                         betas=(0.8, 0.99), eps=1e-6)
+    ref_opt = torch.optim.Adam(ref, lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=1e-3)
+    assert isinstance(opt, Adam)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        for a, b in zip(ours, ref):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        opt.step()
+        ref_opt.step()
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_sgd_still_gets_momentum():
+    p = [torch.zeros(2, requires_grad=True)]
+    opt = make_optimizer("SGD", p, lr=0.1, momentum=0.5, weight_decay=0.0)
+    assert opt.param_groups[0]["momentum"] == 0.5 and "betas" not in opt.param_groups[0]
+
+
+def test_betas_as_text_or_tuple():
+    assert check_config(TrainConfig(method="Adam", betas="0.5,0.9")).update == "Adam"
+    check_config(TrainConfig(method="Adam", betas=(0.5, 0.9)))
+    check_config(TrainConfig(method="Adam", betas=[0.5, 0.9]))  # a stored config's JSON list
+
+
+@pytest.mark.parametrize("betas", ["0.9", "a,b", "0.9,1.0", (0.9,), 0.9])
+def test_bad_betas_are_one_line(betas):
+    with pytest.raises(AsymbpError) as err:
+        check_config(TrainConfig(method="Adam", betas=betas))
+    assert "\n" not in str(err.value)
+
+
+def test_adam_run_from_the_command_line(npz, capsys):
+    code = main(["run", "--dataset", npz, "--model", "mlp", "--method", "uSF+Adam",
+                 "--epochs", "1", "--batch-size", "40", "--betas", "0.8,0.99", "--eps", "1e-7",
+                 "--base-lr", "1e-3", "--no-progress", "--json"])
+    assert code == 0, capsys.readouterr().err
+    assert '"betas": "0.8,0.99"' in capsys.readouterr().out
+
+
+def test_adam_train_equals_a_torch_adam_loop(npz):
+    """A one-epoch BP+Adam run equals the same loop written with torch.optim.Adam."""
+    from asymbp import data as datasets
+    from asymbp.models import build
+
+    out = train(cfg(npz, method="Adam", epochs=1, base_lr=1e-3, weight_decay=1e-4))
+    torch.manual_seed(1)
+    ds = datasets.load(npz, None)
+    x = torch.from_numpy(ds.x_train)
+    mean, std = x.double().mean(0, keepdim=True).float(), x.double().std(0, unbiased=False, keepdim=True).float()
+    x, y = (x - mean) / std, torch.from_numpy(ds.y_train.astype(np.int64))
+    model = build("mlp", C, in_channels=D, bn=False, bn_affine=False)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
+    loss_sum = 0.0
+    for i in range(0, len(x), 40):
+        idx = perm[i:i + 40]
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx], reduction="sum")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss_sum += loss.item()
+    assert math.isclose(out["epochs"][0]["train_loss"], loss_sum / len(x), rel_tol=1e-5)
