@@ -131,3 +131,50 @@ def test_adam_train_equals_a_torch_adam_loop(npz):
         opt.step()
         loss_sum += loss.item()
     assert math.isclose(out["epochs"][0]["train_loss"], loss_sum / len(x), rel_tol=1e-5)
+
+
+# ---- 2. the loss: batch sum or mean -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_mean_loss_with_lr_times_batch_equals_sum_loss(npz, momentum):
+    """SGD without weight decay is linear in the gradient: the mean loss at lr × B takes the
+    sum loss's steps (full batches: 120 = 3 × 40). The reported loss is per example in both."""
+    common = dict(momentum=momentum, weight_decay=0.0, epochs=2)
+    s = train(cfg(npz, loss="sum", base_lr=1e-3, **common))
+    m = train(cfg(npz, loss="mean", base_lr=1e-3 * 40, **common))
+    for a, b in zip(s["epochs"], m["epochs"]):
+        assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-5)
+        assert a["test_error"] == b["test_error"]
+    assert s["epochs"][0]["train_loss"] < 2 * math.log(C)  # per example, not per batch
+
+
+def test_mean_loss_gradient_is_the_batch_mean(npz):
+    """One step of plain SGD (m = 0, d = 0) from the same weights: the mean loss moves them by
+    lr × mean gradient, computed here by autograd on the batch."""
+    from asymbp import data as datasets
+    from asymbp.models import build
+
+    out = train(cfg(npz, loss="mean", method="SGD", momentum=0.0, weight_decay=0.0, epochs=1,
+                    batch_size=120, base_lr=0.5))
+    torch.manual_seed(1)
+    ds = datasets.load(npz, None)
+    x = torch.from_numpy(ds.x_train)
+    mean, std = x.double().mean(0, keepdim=True).float(), x.double().std(0, unbiased=False, keepdim=True).float()
+    x, y = (x - mean) / std, torch.from_numpy(ds.y_train.astype(np.int64))
+    model = build("mlp", C, in_channels=D, bn=False, bn_affine=False)
+    nn.functional.cross_entropy(model(x), y).backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.5 * p.grad
+        loss = nn.functional.cross_entropy(model(x), y).item()
+    # the epoch's loss is measured before the step; so compare the next epoch's: run 2 epochs
+    two = train(cfg(npz, loss="mean", method="SGD", momentum=0.0, weight_decay=0.0, epochs=2,
+                    batch_size=120, base_lr=0.5))
+    assert math.isclose(two["epochs"][1]["train_loss"], loss, rel_tol=1e-5)
+    assert out["epochs"][0]["train_loss"] == two["epochs"][0]["train_loss"]
+
+
+def test_unknown_loss_is_one_line():
+    with pytest.raises(AsymbpError, match="unknown loss reduction 'avg'; valid: sum, mean"):
+        check_config(TrainConfig(loss="avg"))

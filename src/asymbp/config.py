@@ -41,6 +41,9 @@ BN_STATS = ("paper", "running")
 # Experiment C2: bottom = the last layer random and frozen, top = every layer but the last.
 FREEZE = ("none", "bottom", "top")
 PRECISIONS = ("fp32", "bf16")
+# The training objective over a mini-batch: Liao et al.'s sum (their learning rates apply as
+# printed) or the mean (PyTorch's default, BioTorch's).
+LOSSES = ("sum", "mean")
 # torch.compile's modes (the `compile` field takes these, or True for "default").
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -100,6 +103,9 @@ class TrainConfig:
         None, "batch-size schedule, e.g. '100:3,500' = 100 for 3 epochs then 500 (default: "
               "--batch-size every epoch)", metavar="SPEC")
     base_lr: float = option(5e-4, "base learning rate before the multiplier")
+    loss: str = option("sum", "the cross-entropy over a mini-batch: sum (the paper) or mean "
+                              "(PyTorch, BioTorch); the reported loss is per example either way",
+                       choices=LOSSES, label="loss reduction")
     weight_decay: float = option(5e-4, "weight decay d; the paper does not state it, this is "
                                        "MatConvNet's")
     momentum: float = option(0.9, "momentum m (SGD and Batch Manhattan)")

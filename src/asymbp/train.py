@@ -153,14 +153,17 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
         wrong = torch.zeros((), dtype=torch.long, device=device)
         perm = torch.randperm(n, generator=data_gen).to(device)
         for i in range(0, n, bs):
-            idx = execution.shard(perm[i:i + bs])  # this process's share of the mini-batch
+            batch = perm[i:i + bs]
+            idx = execution.shard(batch)  # this process's share of the mini-batch
             xb, yb = tensors.x_train[idx], tensors.y_train[idx]
             with execution.autocast():
                 out = step_model(xb)
                 # The sum over the batch, so the paper's learning rates apply as printed.
                 loss = F.cross_entropy(out.float(), yb, reduction="sum")
+            # loss "mean": over the whole mini-batch (all processes' shares), BioTorch's
+            objective = loss if cfg.loss == "sum" else loss / len(batch)
             optimizer.zero_grad(set_to_none=True)
-            execution.backward(loss)
+            execution.backward(objective)
             optimizer.step()
             if spec.weight_norm:
                 renormalize(model)
