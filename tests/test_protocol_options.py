@@ -178,3 +178,72 @@ def test_mean_loss_gradient_is_the_batch_mean(npz):
 def test_unknown_loss_is_one_line():
     with pytest.raises(AsymbpError, match="unknown loss reduction 'avg'; valid: sum, mean"):
         check_config(TrainConfig(loss="avg"))
+
+
+# ---- 3. schedules as milestones ---------------------------------------------------------------
+
+
+def old_lr_at(epoch, epochs, base):
+    """The paper's schedule as it was written before milestones (an independent statement)."""
+    if epoch <= round(epochs * 50 / 65):
+        return base
+    if epoch <= round(epochs * 60 / 65):
+        return base / 10
+    return base / 100
+
+
+@pytest.mark.parametrize("epochs", [65, 3, 10, 1, 2, 13, 130])
+@pytest.mark.parametrize("base", [5e-4 * k for k in (100, 10, 1, 0.1, 0.01)] + [0.3])
+def test_paper_schedule_is_an_instance_of_milestones(epochs, base):
+    from asymbp.train import lr_at
+
+    assert [lr_at(e, epochs, base) for e in range(1, epochs + 1)] == \
+        [old_lr_at(e, epochs, base) for e in range(1, epochs + 1)]  # identical, not close
+
+
+@pytest.mark.parametrize("spec,gamma", [("100:0.1,150:0.1,200:0.1", 0.1), ("3:0.5,5:0.5", 0.5),
+                                        ("1:0.02", 0.02), ("2:0.3,2:0.3,7:0.3", 0.3)])
+def test_milestones_equal_multistep_lr(spec, gamma):
+    from asymbp.config import parse_milestones
+    from asymbp.train import lr_at
+
+    steps = parse_milestones(spec)
+    epochs = 250 if "200" in spec else 10
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [m for m, _ in steps], gamma=gamma)
+    for e in range(1, epochs + 1):
+        assert lr_at(e, epochs, 0.1, steps) == pytest.approx(opt.param_groups[0]["lr"],
+                                                             rel=1e-12), e
+        opt.step()
+        sched.step()
+
+
+def test_lr_and_wd_milestones_in_a_run(npz):
+    """The run's lrs are the milestones'; the weight decay steps too (PFA's '1:0.02'), seen in
+    the optimizer's groups after the run through the checkpointed state."""
+    from asymbp.train import weight_decay_at
+
+    out = train(cfg(npz, epochs=4, base_lr=1e-3, lr_milestones="1:0.5,3:0.1",
+                    wd_milestones="1:0.02", weight_decay=1e-2))
+    assert [r["lr"] for r in out["epochs"]] == pytest.approx([1e-3, 5e-4, 5e-4, 5e-5], rel=1e-12)
+    c = TrainConfig(weight_decay=1e-2, wd_milestones="1:0.02")
+    assert [weight_decay_at(e, c) for e in (1, 2, 5)] == pytest.approx([1e-2, 2e-4, 2e-4])
+    assert weight_decay_at(3, TrainConfig(weight_decay=5e-4)) == 5e-4
+
+
+def test_wd_milestones_change_the_run(npz, tmp_path):
+    """Weight decay stepped at epoch 1 to 0 equals a run without decay from epoch 2 on: the
+    same first epoch, different later ones than the constant-decay run."""
+    import torch as t
+
+    ck = tmp_path / "ck.pt"
+    train(cfg(npz, epochs=2, weight_decay=0.5, wd_milestones="1:1e-30"), checkpoint=ck)
+    groups = t.load(ck, weights_only=False)["optimizer"]["param_groups"]
+    assert all(g["weight_decay"] == pytest.approx(0.5e-30) for g in groups)
+
+
+@pytest.mark.parametrize("spec", ["100", "a:0.1", "0:0.1", "10:0", "10:-1", "10:inf"])
+def test_bad_milestones_are_one_line(spec):
+    with pytest.raises(AsymbpError) as err:
+        check_config(TrainConfig(lr_milestones=spec))
+    assert "\n" not in str(err.value) and "milestones" in str(err.value)

@@ -95,8 +95,8 @@ class TrainConfig:
     model: str | None = option(None, f"network key ({', '.join(models.MODELS)}); default: the "
                                      "dataset's Table-1 network")
     # -- the optimisation --
-    epochs: int = option(65, "epochs; the lr schedule (base, /10 after 50/65, /100 after 60/65) "
-                             "scales to it")
+    epochs: int = option(65, "epochs; the paper's lr schedule (base, /10 after 50/65, /100 "
+                             "after 60/65; without --lr-milestones) scales to it")
     batch_size: int = option(100, "mini-batch size")
     # Table 2's uSF+BM cell also tried batch 100 for 3 epochs, then 500.
     batch_schedule: str | None = option(
@@ -108,6 +108,16 @@ class TrainConfig:
                        choices=LOSSES, label="loss reduction")
     weight_decay: float = option(5e-4, "weight decay d; the paper does not state it, this is "
                                        "MatConvNet's")
+    # Step schedules as (epoch m, factor γ) pairs, torch's MultiStepLR: after epoch m the value
+    # is multiplied by γ. BioTorch: lr "100:0.1,150:0.1,200:0.1"; PFA (Li & Benna 2024): weight
+    # decay "1:0.02". None: the paper's lr schedule, a constant weight decay.
+    lr_milestones: str | None = option(
+        None, "lr steps 'M:GAMMA,...': after epoch M multiply the lr by GAMMA, e.g. "
+              "'100:0.1,150:0.1' (default: the paper's schedule, scaled to --epochs)",
+        metavar="SPEC")
+    wd_milestones: str | None = option(
+        None, "weight-decay steps 'M:GAMMA,...', e.g. '1:0.02' (default: constant)",
+        metavar="SPEC")
     momentum: float = option(0.9, "momentum m (SGD and Batch Manhattan)")
     # Adam's: (β1, β2) as text "B1,B2" (the command line's form) or a pair of numbers.
     betas: str | tuple = option("0.9,0.999", "Adam's (beta1, beta2)", metavar="B1,B2")
@@ -258,6 +268,8 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
     if cfg.protocol == "honest" and not 0 < cfg.val_fraction < 1:
         raise AsymbpError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
     parse_betas(cfg.betas)
+    parse_milestones(cfg.lr_milestones, "lr")
+    parse_milestones(cfg.wd_milestones, "weight-decay")
     if not (cfg.eps >= 0 and math.isfinite(cfg.eps)):
         raise AsymbpError(f"Adam's eps must be a finite number >= 0, got {cfg.eps}")
     parse_batch_schedule(cfg.batch_schedule)
@@ -377,3 +389,19 @@ def parse_betas(value: str | tuple | list) -> tuple[float, float]:
         raise AsymbpError(f"Adam's betas must be in [0, 1), got ({b1}, {b2}); e.g. "
                           "'0.9,0.999'")
     return b1, b2
+
+
+def parse_milestones(text: str | None, what: str = "lr") -> list[tuple[int, float]] | None:
+    """"100:0.1,150:0.1" -> [(100, 0.1), (150, 0.1)]: after epoch m, multiply by γ; None for
+    None (the default schedule)."""
+    if text is None:
+        return None
+    try:
+        steps = [(int(m), float(g)) for m, g in (p.split(":") for p in str(text).split(","))]
+    except ValueError:
+        raise AsymbpError(f"bad {what} milestones {text!r}; expected 'EPOCH:FACTOR,...', e.g. "
+                          "'100:0.1,150:0.1' (x0.1 after epochs 100 and 150)") from None
+    if not all(m >= 1 and g > 0 and math.isfinite(g) for m, g in steps):
+        raise AsymbpError(f"{what} milestones {text!r} need epochs >= 1 and factors > 0; e.g. "
+                          "'100:0.1,150:0.1'")
+    return steps

@@ -8,7 +8,7 @@
    feedback scheme, freeze layers for Experiment C2;
 3. make the method's optimizer (SGD or Batch Manhattan) over every trainable parameter;
 4. for each epoch: set the learning rate (`lr_at`: base for the first 50/65 of the run, base/10
-   to 60/65, base/100 after), train on mini-batches drawn by index permutation, refresh the
+   to 60/65, base/100 after; or at `lr_milestones`) and weight decay (`wd_milestones`), train on mini-batches drawn by index permutation, refresh the
    test-time BN statistics (paper protocol: 20 training batches, EMA α = 0.05), evaluate,
    measure the alignment, record the epoch's metrics;
 5. a run diverges, and ends, at the first epoch whose mean per-example training loss is NaN,
@@ -39,7 +39,7 @@ from . import metrics
 from . import models
 from ._provenance import provenance
 from .config import (TrainConfig, check_config, parse_batch_schedule, parse_betas,
-                     parse_feedback_weight_decay)
+                     parse_feedback_weight_decay, parse_milestones)
 from .convert import convert
 from .errors import AsymbpError
 from .execution import Execution
@@ -49,7 +49,8 @@ from .methods import MethodSpec
 from .optim import make_optimizer
 
 # TrainConfig is asymbp.config's, re-exported: `asymbp.train.TrainConfig` is public (DESIGN §9).
-__all__ = ["TrainConfig", "train", "lr_at", "batch_schedule", "feedback_weight_decay_at",
+__all__ = ["TrainConfig", "train", "lr_at", "paper_milestones", "at_milestones",
+           "weight_decay_at", "batch_schedule", "feedback_weight_decay_at",
            "prepare_data", "honest_split", "build_model", "refresh_bn_stats", "evaluate",
            "error_rate", "epoch_alignment", "summarize"]
 
@@ -57,13 +58,31 @@ __all__ = ["TrainConfig", "train", "lr_at", "batch_schedule", "feedback_weight_d
 # ---- the schedules ------------------------------------------------------------------------
 
 
-def lr_at(epoch: int, epochs: int, base: float) -> float:
-    """The paper's step schedule scaled to the run length (epoch counts from 1)."""
-    if epoch <= round(epochs * 50 / 65):
-        return base
-    if epoch <= round(epochs * 60 / 65):
-        return base / 10
-    return base / 100
+def paper_milestones(epochs: int) -> list[tuple[int, float]]:
+    """The paper's step schedule as milestones, scaled to the run length: /10 after 50/65 of
+    the run, /10 again after 60/65."""
+    return [(round(epochs * 50 / 65), 0.1), (round(epochs * 60 / 65), 0.1)]
+
+
+def at_milestones(epoch: int, base: float, milestones: list[tuple[int, float]]) -> float:
+    """`base` times every factor γ whose milestone m has passed (m < epoch, counted from 1):
+    torch's MultiStepLR stepped once per epoch. It divides by 1/γ rather than multiplying by γ
+    so that /10 steps give base/10 and base/100 as printed (0.1 x 0.1 is not 0.01 in floats)."""
+    return base / math.prod(1 / g for m, g in milestones if m < epoch)
+
+
+def lr_at(epoch: int, epochs: int, base: float,
+          milestones: list[tuple[int, float]] | None = None) -> float:
+    """The learning rate of `epoch` (from 1): at `milestones` (lr_milestones), or by default
+    the paper's step schedule scaled to the run length."""
+    return at_milestones(epoch, base, paper_milestones(epochs) if milestones is None
+                         else milestones)
+
+
+def weight_decay_at(epoch: int, cfg: TrainConfig) -> float:
+    """The weights' decay in `epoch`: `weight_decay`, stepped at `wd_milestones` if given."""
+    return at_milestones(epoch, cfg.weight_decay,
+                         parse_milestones(cfg.wd_milestones, "weight-decay") or [])
 
 
 def batch_schedule(cfg: TrainConfig) -> Callable[[int], int]:
@@ -117,6 +136,7 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
     spec = check_config(cfg)
     execution = Execution(cfg, checkpoint)  # the device: one this machine lacks fails here
     device, next_batch = execution.device, batch_schedule(cfg)
+    lr_milestones = parse_milestones(cfg.lr_milestones)  # None: the paper's schedule
 
     # -- data, model, optimizer ---------------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -144,8 +164,10 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
         if progress.diverged_epoch is not None:
             break
         t0 = time.perf_counter()
-        lr, bs = lr_at(epoch, int(cfg.epochs), cfg.base_lr * cfg.lr_mult), next_batch(epoch)
-        set_epoch_hyperparameters(optimizer, lr, feedback_weight_decay_at(epoch, cfg))
+        lr = lr_at(epoch, int(cfg.epochs), cfg.base_lr * cfg.lr_mult, lr_milestones)
+        bs = next_batch(epoch)
+        set_epoch_hyperparameters(optimizer, lr, weight_decay_at(epoch, cfg),
+                                  feedback_weight_decay_at(epoch, cfg))
 
         # -- train one epoch: no host synchronisation inside the loop -------------------------
         model.train()
@@ -308,12 +330,13 @@ def param_groups(model: nn.Module) -> list[dict]:
     return groups
 
 
-def set_epoch_hyperparameters(optimizer, lr: float, feedback_weight_decay: float | None
-                              ) -> None:
-    """The epoch's learning rate for every group, and the feedback's weight decay (if it has
-    its own schedule)."""
+def set_epoch_hyperparameters(optimizer, lr: float, weight_decay: float,
+                              feedback_weight_decay: float | None) -> None:
+    """The epoch's learning rate and weight decay for every group; the feedback's weight decay
+    instead where it has its own schedule."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+        group["weight_decay"] = weight_decay
         if feedback_weight_decay is not None and group.get("kind") == "feedback":
             group["weight_decay"] = feedback_weight_decay
 
