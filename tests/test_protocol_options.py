@@ -247,3 +247,48 @@ def test_bad_milestones_are_one_line(spec):
     with pytest.raises(AsymbpError) as err:
         check_config(TrainConfig(lr_milestones=spec))
     assert "\n" not in str(err.value) and "milestones" in str(err.value)
+
+
+# ---- 4. Xavier initialisation -----------------------------------------------------------------
+
+
+def built(model, shape, method="uSF", **kw):
+    """The run's network for inputs of `shape`, as train() builds it."""
+    import asymbp.train as T
+
+    config = TrainConfig(model=model, method=method, **kw)
+    spec = check_config(config)
+    x = torch.zeros(2, *shape)
+    tensors = T.Tensors(x, torch.zeros(2, dtype=torch.long), x, torch.zeros(2, dtype=torch.long),
+                        None, None, 10, model)
+    torch.manual_seed(config.seed)
+    return T.build_model(config, spec, tensors)
+
+
+@pytest.mark.parametrize("model,shape", [("lenet_mnist", (1, 32, 32)), ("mlp", (20,))])
+def test_xavier_init_bounds_and_zero_biases(model, shape):
+    from asymbp.layers import asym_layers
+
+    net = built(model, shape, init="xavier")
+    layers = asym_layers(net)
+    assert layers
+    for _, layer in layers:
+        W = layer.weight
+        fan_in = W.shape[1] * W[0, 0].numel()
+        fan_out = W.shape[0] * W[0, 0].numel()
+        a = math.sqrt(6 / (fan_in + fan_out))
+        assert W.abs().max() <= a
+        if W.numel() >= 500:  # uniform on (-a, a): it nearly reaches both ends, variance a²/3
+            assert W.max() > 0.95 * a and W.min() < -0.95 * a
+            assert W.var().item() == pytest.approx(a * a / 3, rel=0.15)
+        assert layer.bias is None or torch.count_nonzero(layer.bias) == 0
+        # uSF's feedback is made from W after the initialisation
+        torch.testing.assert_close(layer.feedback_weight(), torch.sign(W))
+
+
+def test_default_init_is_the_networks_own():
+    a, b = built("mlp", (20,)), built("mlp", (20,), init="default")
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    c = built("mlp", (20,), init="xavier")
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))

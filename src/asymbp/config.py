@@ -44,6 +44,8 @@ PRECISIONS = ("fp32", "bf16")
 # The training objective over a mini-batch: Liao et al.'s sum (their learning rates apply as
 # printed) or the mean (PyTorch's default, BioTorch's).
 LOSSES = ("sum", "mean")
+# The weights' initialisation: each network's own (torch's defaults), or BioTorch's Xavier.
+INITS = ("default", "xavier")
 # torch.compile's modes (the `compile` field takes these, or True for "default").
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -126,6 +128,9 @@ class TrainConfig:
     feedback_weight_decay: str | None = option(
         None, "weight decay of learned feedback (KP, PFA): first epoch, then after, e.g. "
               "5e-3,1e-4 (default: the weights' decay)", metavar="FIRST,AFTER")
+    init: str = option("default", "weight initialisation: default (each network's own) or "
+                                  "xavier (Xavier-uniform weights, zero biases: BioTorch)",
+                       choices=INITS, label="initialisation")
     # -- the protocol --
     protocol: str = option("paper", "paper: best test error over epochs; honest: a validation "
                                     "split picks the epoch", choices=PROTOCOLS, label="protocol")

@@ -51,8 +51,8 @@ from .optim import make_optimizer
 # TrainConfig is asymbp.config's, re-exported: `asymbp.train.TrainConfig` is public (DESIGN §9).
 __all__ = ["TrainConfig", "train", "lr_at", "paper_milestones", "at_milestones",
            "weight_decay_at", "batch_schedule", "feedback_weight_decay_at",
-           "prepare_data", "honest_split", "build_model", "refresh_bn_stats", "evaluate",
-           "error_rate", "epoch_alignment", "summarize"]
+           "prepare_data", "honest_split", "build_model", "xavier_init_", "refresh_bn_stats",
+           "evaluate", "error_rate", "epoch_alignment", "summarize"]
 
 
 # ---- the schedules ------------------------------------------------------------------------
@@ -303,6 +303,8 @@ def build_model(cfg: TrainConfig, spec: MethodSpec, tensors: Tensors) -> nn.Modu
     else:
         model = models.build(key, tensors.num_classes, in_channels=shape[0], bn=spec.bn,
                              bn_affine=spec.bn_affine)
+    if cfg.init == "xavier":
+        xavier_init_(model)  # before convert: feedback made from W (uSF's sign(W)) follows it
     convert(model, spec.scheme_name, seed=cfg.seed, weight_norm=spec.weight_norm,
             **{k: v for k, v in spec.scheme_options.items() if k != "p"})
     freeze = spec.freeze if spec.freeze != "none" else cfg.freeze
@@ -311,6 +313,18 @@ def build_model(cfg: TrainConfig, spec: MethodSpec, tensors: Tensors) -> nn.Modu
         for bn in bn_layers(model):
             bn.momentum = 0.0  # running stats come only from the post-epoch pass
     return model
+
+
+@torch.no_grad()
+def xavier_init_(model: nn.Module) -> None:
+    """BioTorch's `init="xavier"`: every Linear and Conv2d weight Xavier-uniform, U(-a, a) with
+    a = sqrt(6 / (fan_in + fan_out)), every bias 0 (jsalbert/biotorch,
+    biotorch/layers/fa_constructor/linear.py and conv.py, `init_parameters`)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def check_model_fit(cfg: TrainConfig, tensors: Tensors) -> None:
