@@ -292,3 +292,137 @@ def test_default_init_is_the_networks_own():
         assert torch.equal(p, q)
     c = built("mlp", (20,), init="xavier")
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+# ---- 5. augmentation in the loop, resize ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """3-class 3×8×8 images in [0, 1] (a bright quadrant per class), 60 train / 30 test."""
+    rng = np.random.default_rng(1)
+
+    def make(n):
+        y = rng.integers(0, C, size=n)
+        x = rng.random((n, 3, 8, 8)).astype(np.float32) * 0.3
+        for i, c in enumerate(y):
+            x[i, :, (c % 2) * 4:(c % 2) * 4 + 4, (c // 2) * 4:(c // 2) * 4 + 4] += 0.7
+        return x, y
+
+    (x_train, y_train), (x_test, y_test) = make(60), make(30)
+    path = tmp_path_factory.mktemp("img") / "img.npz"
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return f"npz:{path}"
+
+
+class Stop(Exception):
+    pass
+
+
+def rows(result):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in result["epochs"]]
+
+
+@pytest.mark.parametrize("augment", ["crop-flip", "resized-crop-flip"])
+def test_augmented_resume_equals_uninterrupted(images, tmp_path, augment):
+    c = cfg(images, augment=augment, epochs=3, batch_size=20)
+    full = train(c)
+    plain = train({**c, "augment": "none"})
+    assert rows(full) != rows(plain)  # the augmentation changes the training batches
+    path = tmp_path / "run.pt"
+
+    def stop_after_1(row):
+        if row["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(c, checkpoint=path, on_epoch=stop_after_1)
+    assert "aug_gen" in torch.load(path, weights_only=False)  # the generator's state is saved
+    assert rows(train(c, checkpoint=path)) == rows(full)
+
+
+def test_checkpoint_without_augmentation_has_no_aug_generator(images, tmp_path):
+    path = tmp_path / "run.pt"
+    train(cfg(images, epochs=1, batch_size=20), checkpoint=path)
+    assert "aug_gen" not in torch.load(path, weights_only=False)
+
+
+def test_crop_flip_pads_with_black(images):
+    """The border is a raw 0 pixel after normalisation, (0 − mean) / std per channel."""
+    import asymbp.train as T
+    from asymbp import data as datasets
+
+    config = TrainConfig.from_dict(cfg(images, augment="crop-flip"))
+    tensors = T.prepare_data(config, torch.device("cpu"))
+    x = datasets.load(images, None).x_train.astype(np.float64)
+    mean, std = x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
+    np.testing.assert_allclose(tensors.black.reshape(-1).numpy(), -mean / std, rtol=1e-5)
+    fn = T.augmenter(config, tensors)
+    out = fn(tensors.x_train[:50], torch.Generator().manual_seed(0))
+    assert out.shape == (50, 3, 8, 8)
+    # with 50 draws of offsets in 0..8, some window shows border pixels: they are black
+    border = out == tensors.black
+    assert border.any()
+    assert torch.equal(border.all(1), border.any(1))  # a border pixel is black in every channel
+
+
+def test_resize_applies_to_train_and_test_and_the_fit_check(images, capsys):
+    import asymbp.train as T
+    from asymbp import augment
+    from asymbp import data as datasets
+
+    config = TrainConfig.from_dict(cfg(images, resize=16))
+    tensors = T.prepare_data(config, torch.device("cpu"))
+    assert tensors.x_train.shape[1:] == tensors.x_test.shape[1:] == (3, 16, 16)
+    ds = datasets.load(images, None)
+    raw = augment.resize(torch.from_numpy(ds.x_test), 16).double()
+    mean = augment.resize(torch.from_numpy(ds.x_train), 16).double().mean((0, 2, 3), keepdim=True)
+    std = augment.resize(torch.from_numpy(ds.x_train), 16).double().std((0, 2, 3), keepdim=True,
+                                                                        unbiased=False)
+    torch.testing.assert_close(tensors.x_test.double(), (raw - mean) / std, rtol=1e-4, atol=1e-4)
+    # the 28×28 'mnist' network does not take 8×8 images; resized to 28 it does
+    base = ["run", "--dataset", images, "--model", "mnist", "--epochs", "1", "--no-progress",
+            "--json", "--no-alignment"]
+    assert main(base) == 2
+    assert "\n" not in capsys.readouterr().err.strip()
+    assert main(base + ["--resize", "28"]) == 0, capsys.readouterr().err
+
+
+def test_resize_and_augment_of_vectors_are_one_line(npz):
+    for bad in ({"resize": 32}, {"augment": "crop-flip"}):
+        with pytest.raises(AsymbpError) as err:
+            train(cfg(npz, epochs=1, **bad))
+        assert "\n" not in str(err.value) and "vectors" in str(err.value)
+
+
+# ---- 6. a validation split of a given size ----------------------------------------------------
+
+
+def test_val_size_holds_out_that_many(npz):
+    import asymbp.train as T
+    from asymbp import data as datasets
+
+    ds = datasets.load(npz, None)
+    val, tr = T.honest_split(TrainConfig(protocol="honest", val_size=25), ds)
+    assert len(val) == 25 and len(tr) == 95
+    assert sorted(np.concatenate([val, tr]).tolist()) == list(range(120))  # a partition
+    # the same permutation as val_fraction's: val_size 12 = val_fraction 0.1 of 120
+    frac, _ = T.honest_split(TrainConfig(protocol="honest", val_fraction=0.1), ds)
+    assert np.array_equal(T.honest_split(TrainConfig(protocol="honest", val_size=12), ds)[0], frac)
+    out = train(cfg(npz, protocol="honest", val_size=25, epochs=1))
+    assert "val_error" in out and out["val_error"] * 25 / 100 == pytest.approx(
+        round(out["val_error"] * 25 / 100))  # an error rate of 25 examples
+
+
+@pytest.mark.parametrize("kw", [dict(protocol="paper", val_size=10),
+                                dict(protocol="honest", val_size=0)])
+def test_bad_val_size_is_one_line(kw):
+    with pytest.raises(AsymbpError, match="val_size"):
+        check_config(TrainConfig(**kw))
+
+
+def test_val_size_leaving_nothing_to_train_is_one_line(npz, capsys):
+    assert main(["run", "--dataset", npz, "--model", "mlp", "--protocol", "honest",
+                 "--val-size", "120", "--epochs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "val_size 120" in err and err.count("\n") == 1

@@ -46,6 +46,9 @@ PRECISIONS = ("fp32", "bf16")
 LOSSES = ("sum", "mean")
 # The weights' initialisation: each network's own (torch's defaults), or BioTorch's Xavier.
 INITS = ("default", "xavier")
+# Training-batch augmentation on the device (asymbp.augment): CIFAR's pad-4 crop + flip,
+# ImageNet's random-resized crop + flip (to the images' own size).
+AUGMENTS = ("none", "crop-flip", "resized-crop-flip")
 # torch.compile's modes (the `compile` field takes these, or True for "default").
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -131,10 +134,21 @@ class TrainConfig:
     init: str = option("default", "weight initialisation: default (each network's own) or "
                                   "xavier (Xavier-uniform weights, zero biases: BioTorch)",
                        choices=INITS, label="initialisation")
+    augment: str = option("none", "training-batch augmentation on the device: none, crop-flip "
+                                  "(pad 4, random crop, horizontal flip: CIFAR) or "
+                                  "resized-crop-flip (random-resized crop + flip: ImageNet)",
+                          choices=AUGMENTS, label="augmentation")
+    resize: int | None = option(None, "resize every image once, before training, to SIZE "
+                                      "(the shorter side; BioTorch's MNIST LeNet: 32)",
+                                metavar="SIZE")
     # -- the protocol --
     protocol: str = option("paper", "paper: best test error over epochs; honest: a validation "
                                     "split picks the epoch", choices=PROTOCOLS, label="protocol")
     val_fraction: float = option(0.1, "validation share of the training set, honest protocol")
+    # BioTorch's CIFAR-10: 45 000 train / 5 000 validation of the 50 000.
+    val_size: int | None = option(None, "validation examples held out of the training set, "
+                                        "honest protocol (default: val-fraction of it)",
+                                  metavar="N")
     freeze: str = option("none", "Experiment C2: bottom = last layer random and frozen, top = "
                                  "all but the last; a method's @bottom/@top also sets it",
                          choices=FREEZE, label="freeze setting")
@@ -270,9 +284,14 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
                           "(bn_stats='paper'); with 0 the test would use mean 0, variance 1; "
                           "give bn_stat_batches >= 1 (--bn-stat-batches; the paper: 20) or "
                           "bn_stats='running' (--bn-stats running)")
+    if cfg.val_size is not None and (cfg.protocol != "honest" or cfg.val_size < 1):
+        raise AsymbpError(f"val_size {cfg.val_size} needs protocol honest and >= 1 examples; "
+                          "the paper protocol holds no validation split out")
     if cfg.protocol == "honest" and not 0 < cfg.val_fraction < 1:
         raise AsymbpError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
     parse_betas(cfg.betas)
+    if cfg.resize is not None and cfg.resize < 1:
+        raise AsymbpError(f"resize must be a size >= 1 pixel, got {cfg.resize}; e.g. 32")
     parse_milestones(cfg.lr_milestones, "lr")
     parse_milestones(cfg.wd_milestones, "weight-decay")
     if not (cfg.eps >= 0 and math.isfinite(cfg.eps)):

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import augment as aug
 from . import data as datasets
 from . import metrics
 from . import models
@@ -51,8 +52,8 @@ from .optim import make_optimizer
 # TrainConfig is asymbp.config's, re-exported: `asymbp.train.TrainConfig` is public (DESIGN §9).
 __all__ = ["TrainConfig", "train", "lr_at", "paper_milestones", "at_milestones",
            "weight_decay_at", "batch_schedule", "feedback_weight_decay_at",
-           "prepare_data", "honest_split", "build_model", "xavier_init_", "refresh_bn_stats",
-           "evaluate", "error_rate", "epoch_alignment", "summarize"]
+           "prepare_data", "resized", "resized_shape", "augmenter", "honest_split",
+           "build_model", "xavier_init_", "refresh_bn_stats", "evaluate", "error_rate", "epoch_alignment", "summarize"]
 
 
 # ---- the schedules ------------------------------------------------------------------------
@@ -151,6 +152,10 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
     data_gen = torch.Generator().manual_seed(cfg.seed)  # batch order
     stat_gen = torch.Generator().manual_seed(cfg.seed + 1)  # BN-statistics batches
     generators = {"data_gen": data_gen, "stat_gen": stat_gen}  # their checkpoint names
+    augment = augmenter(cfg, tensors)  # None without augmentation
+    if augment is not None:  # on the device, like the batches; in the checkpoint only when
+        # used, so that the checkpoints of runs without augmentation keep resuming
+        generators["aug_gen"] = torch.Generator(device=device).manual_seed(cfg.seed + 2)
     progress = execution.resume(model, optimizer, generators)
     start_epoch = progress.next_epoch
     if on_start is not None and execution.main:
@@ -178,6 +183,8 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
             batch = perm[i:i + bs]
             idx = execution.shard(batch)  # this process's share of the mini-batch
             xb, yb = tensors.x_train[idx], tensors.y_train[idx]
+            if augment is not None:
+                xb = augment(xb, generators["aug_gen"])
             with execution.autocast():
                 out = step_model(xb)
                 # The sum over the batch, so the paper's learning rates apply as printed.
@@ -237,6 +244,7 @@ class Tensors:
     y_val: Tensor | None
     num_classes: int
     model: str
+    black: Tensor | None = None  # (1, C, 1, 1): a raw 0 pixel after normalisation
 
     def with_inputs(self, fn: Callable[[Tensor], Tensor]) -> "Tensors":
         """The same data with `fn` applied to each input tensor (x_train, x_val, x_test)."""
@@ -251,7 +259,9 @@ def prepare_data(cfg: TrainConfig, device: torch.device, ds: datasets.Dataset | 
         ds = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed)  # validated there
     else:
         datasets.validate(ds)  # a dataset built by the caller gets the same checks
-    x_tr, y_tr = ds.x_train, ds.y_train
+    x_tr, y_tr, x_te = ds.x_train, ds.y_train, ds.x_test
+    if cfg.resize is not None:  # once, before the statistics: the network sees these images
+        x_tr, x_te = resized(x_tr, cfg.resize, ds.key), resized(x_te, cfg.resize, ds.key)
     x_val = y_val = None
     split = honest_split(cfg, ds)
     if split is not None:
@@ -269,25 +279,68 @@ def prepare_data(cfg: TrainConfig, device: torch.device, ds: datasets.Dataset | 
         return xt, torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
 
     xt, yt = put(x_tr, y_tr)
-    xs, ys = put(ds.x_test, ds.y_test)
+    xs, ys = put(x_te, ds.y_test)
     xv, yv = put(x_val, y_val)
-    return Tensors(xt, yt, xs, ys, xv, yv, ds.num_classes, ds.model)
+    black = torch.from_numpy(-mean / std).to(device) if x_tr.ndim == 4 else None
+    return Tensors(xt, yt, xs, ys, xv, yv, ds.num_classes, ds.model, black)
+
+
+def resized(x: np.ndarray, size: int, key: str) -> np.ndarray:
+    """Images (N, C, H, W) resized as torchvision's Resize(size) (`asymbp.augment.resize`), in
+    chunks (a 60 000-image set is not copied into float64 or a second whole tensor at once)."""
+    if x.ndim != 4:
+        raise AsymbpError(f"resize {size} needs images, but dataset {key} holds vectors of "
+                          f"shape {x.shape[1:]}; leave resize out (--resize) for it")
+    chunks = [aug.resize(torch.from_numpy(np.ascontiguousarray(x[i:i + 4096], np.float32)),
+                         size).numpy() for i in range(0, len(x), 4096)]
+    return np.concatenate(chunks) if chunks else x.astype(np.float32)
+
+
+def resized_shape(shape: tuple[int, ...], size: int | None) -> tuple[int, ...]:
+    """An example's shape (C, H, W) after `resize` (what the network takes), without the data:
+    the command line's check that the network fits, before anything is loaded to the device."""
+    if size is None or len(shape) != 3:
+        return tuple(shape)
+    c, h, w = shape
+    short, long = min(h, w), max(h, w)
+    new_long = int(size * long / short)
+    return (c, new_long, size) if w <= h else (c, size, new_long)
+
+
+def augmenter(cfg: TrainConfig, tensors: Tensors
+              ) -> Callable[[Tensor, torch.Generator], Tensor] | None:
+    """The training batches' augmentation (xb, gen) -> xb, None for `augment="none"`.
+    crop-flip pads with black (a raw 0 pixel, as torchvision pads before normalising);
+    resized-crop-flip gives the images' own size."""
+    if cfg.augment == "none":
+        return None
+    if tensors.x_train.ndim != 4:
+        raise AsymbpError(f"augment {cfg.augment!r} needs images, but dataset {cfg.dataset} "
+                          "holds vectors; use augment none")
+    if cfg.augment == "crop-flip":
+        return lambda xb, gen: aug.random_crop_flip(xb, 4, gen, fill=tensors.black)
+    size = tuple(tensors.x_train.shape[2:])
+    return lambda xb, gen: aug.random_resized_crop_flip(xb, size, gen=gen)
 
 
 def honest_split(cfg: TrainConfig, ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
     """(validation, training) indices of the training set under the honest protocol (seeded by
-    `data_seed`), None under the paper's; the one-line error when no training example is left
+    `data_seed`; `val_size` examples, or the `val_fraction` of them), None under the paper's; the one-line error when no training example is left
     (cheap: the command line checks it before a run starts)."""
     if cfg.protocol != "honest":
         return None
     perm = np.random.default_rng(cfg.data_seed + 7919).permutation(len(ds.y_train))
-    n_val = max(1, int(round(len(perm) * cfg.val_fraction)))
+    if cfg.val_size is not None:
+        n_val, given = cfg.val_size, f"val_size {cfg.val_size}"
+    else:
+        n_val = max(1, int(round(len(perm) * cfg.val_fraction)))
+        given = f"val_fraction {cfg.val_fraction}"
     if n_val >= len(perm):
         raise AsymbpError(
             f"dataset {ds.key}: the honest protocol holds out {n_val} of its {len(perm)} "
-            f"training example(s) for validation (val_fraction {cfg.val_fraction}), leaving "
-            "none to train on; lower val_fraction (--val-fraction), add training examples "
-            "or use protocol paper"
+            f"training example(s) for validation ({given}), leaving none to train on; lower "
+            "val_size / val_fraction (--val-size, --val-fraction), add training examples or "
+            "use protocol paper"
         )
     return np.sort(perm[:n_val]), np.sort(perm[n_val:])
 

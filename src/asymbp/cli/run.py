@@ -134,7 +134,7 @@ def run(args) -> int:
     from ..distributed import local_device
     from ..hardware import bf16_note
     from ..store import json_safe
-    from ..train import honest_split, train
+    from ..train import honest_split, resized_shape, train
 
     rank0 = int(os.environ.get("RANK", "0")) == 0  # data parallel: rank 0 speaks for the run
     if args.nproc is not None and args.nproc < 1:
@@ -156,7 +156,8 @@ def run(args) -> int:
     # Load (and validate) the data before the progress bar starts, so that a bad dataset, or a
     # network that cannot take its inputs, is one line on stderr, not a bar and a traceback.
     ds = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed)
-    models.check_fit(cfg.model or ds.model, ds.input_shape, cfg.dataset)
+    models.check_fit(cfg.model or ds.model, resized_shape(ds.input_shape, cfg.resize),
+                     cfg.dataset)
     honest_split(cfg, ds)  # an honest split that leaves nothing to train on
     bar = None
 

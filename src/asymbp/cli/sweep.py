@@ -128,7 +128,7 @@ def preflight(runs) -> None:
     from .. import data, models
     from ..config import TrainConfig
     from ..hardware import bf16_note, check_device, resolve_device
-    from ..train import honest_split
+    from ..train import honest_split, resized_shape
 
     d = TrainConfig()
     configs = [{**d.to_dict(), **r.config} for r in runs]
@@ -137,13 +137,13 @@ def preflight(runs) -> None:
     by_data: dict[tuple, set] = {}
     for c in configs:
         by_data.setdefault((c["dataset"], c["data_dir"], c["data_seed"]), set()).add(
-            (c["model"], c["protocol"], c["val_fraction"]))
+            (c["model"], c["protocol"], c["val_fraction"], c["val_size"], c["resize"]))
     for (key, data_dir, seed), wanted in by_data.items():
         ds = data.load(key, data_dir, seed=seed)
-        for model, protocol, val_fraction in sorted(wanted, key=str):
-            models.check_fit(model or ds.model, ds.input_shape, key)
+        for model, protocol, val_fraction, val_size, size in sorted(wanted, key=str):
+            models.check_fit(model or ds.model, resized_shape(ds.input_shape, size), key)
             honest_split(TrainConfig(protocol=protocol, val_fraction=val_fraction,
-                                     data_seed=seed), ds)  # leaves something to train on
+                                     val_size=val_size, data_seed=seed), ds)  # leaves something to train on
         del ds
     import torch
 
