@@ -38,6 +38,9 @@ from .methods import MethodSpec, parse_method
 PROTOCOLS = ("paper", "honest")
 # Test-time BN statistics: the paper's post-epoch pass, or the usual running averages.
 BN_STATS = ("paper", "running")
+# BN's learnable scale and shift: the method's rule (the paper: BP only) or every method's
+# (BioTorch's ResNets).
+BN_AFFINE = ("method", "all")
 # Experiment C2: bottom = the last layer random and frozen, top = every layer but the last.
 FREEZE = ("none", "bottom", "top")
 PRECISIONS = ("fp32", "bf16")
@@ -156,6 +159,9 @@ class TrainConfig:
                                     "over bn-stat-batches training batches, an EMA with factor "
                                     "bn-stat-alpha) or running averages",
                            choices=BN_STATS, label="BN statistics mode")
+    bn_affine: str = option("method", "BN's learnable scale and shift: method (only BP's, the "
+                                      "paper's) or all (every method's, BioTorch's)",
+                            choices=BN_AFFINE, label="BN affine rule")
     bn_stat_batches: int = option(20, "training batches of the paper's post-epoch "
                                       "BN-statistics pass", metavar="N")
     bn_stat_alpha: float = option(0.05, "EMA factor of the paper's post-epoch BN-statistics "
@@ -170,6 +176,10 @@ class TrainConfig:
                                       "whose mean per-example training loss exceeds this, as "
                                       "for a NaN/inf loss; inf: only a NaN/inf loss",
                                  metavar="LOSS")
+    # A RUN field: a synthetic run has its own run key, never a real one's.
+    synthetic: int | None = option(None, "random data of the dataset's shapes, at most N "
+                                         "training and N test examples (0: its sizes); for "
+                                         "timing and smoke tests", metavar="N", cli=False)
     # -- execution (not in the run key) --
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps (default: auto: "
                                  "CUDA when there is a GPU, else the CPU; MPS only by name); in "
@@ -290,6 +300,9 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
     if cfg.protocol == "honest" and not 0 < cfg.val_fraction < 1:
         raise AsymbpError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
     parse_betas(cfg.betas)
+    if cfg.synthetic is not None and cfg.synthetic < 0:
+        raise AsymbpError(f"synthetic must be >= 0 examples (0: the dataset's sizes), got "
+                          f"{cfg.synthetic}")
     if cfg.resize is not None and cfg.resize < 1:
         raise AsymbpError(f"resize must be a size >= 1 pixel, got {cfg.resize}; e.g. 32")
     parse_milestones(cfg.lr_milestones, "lr")

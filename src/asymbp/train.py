@@ -256,7 +256,8 @@ def prepare_data(cfg: TrainConfig, device: torch.device, ds: datasets.Dataset | 
                  ) -> Tensors:
     """Load, split (honest protocol), normalise per channel with training statistics, move."""
     if ds is None:
-        ds = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed)  # validated there
+        ds = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed,
+                           synthetic=cfg.synthetic)  # validated there
     else:
         datasets.validate(ds)  # a dataset built by the caller gets the same checks
     x_tr, y_tr, x_te = ds.x_train, ds.y_train, ds.x_test
@@ -350,12 +351,13 @@ def build_model(cfg: TrainConfig, spec: MethodSpec, tensors: Tensors) -> nn.Modu
     layers without running statistics under the paper's BN protocol."""
     key = cfg.model or tensors.model
     shape = tensors.x_train.shape[1:]  # (C, H, W) or (D,)
+    affine = spec.bn_affine or cfg.bn_affine == "all"
     if len(shape) == 3:
         model = models.build(key, tensors.num_classes, in_channels=shape[0],
-                             image_size=shape[1], bn=spec.bn, bn_affine=spec.bn_affine)
+                             image_size=shape[1], bn=spec.bn, bn_affine=affine)
     else:
         model = models.build(key, tensors.num_classes, in_channels=shape[0], bn=spec.bn,
-                             bn_affine=spec.bn_affine)
+                             bn_affine=affine)
     if cfg.init == "xavier":
         xavier_init_(model)  # before convert: feedback made from W (uSF's sign(W)) follows it
     convert(model, spec.scheme_name, seed=cfg.seed, weight_norm=spec.weight_norm,
