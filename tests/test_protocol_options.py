@@ -46,7 +46,8 @@ def cfg(npz, **kw):
 # ---- 1. Adam as an update rule ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text,scheme,name", [("Adam", "BP", "Adam"), ("uSF+Adam", "uSF", "uSF+Adam"),
+@pytest.mark.parametrize("text,scheme,name", [("Adam", "BP", "Adam"),
+                                              ("uSF+Adam", "uSF", "uSF+Adam"),
                                               ("brSF-25+BN+adam", "brSF", "brSF-25+BN+Adam")])
 def test_method_grammar_takes_adam(text, scheme, name):
     spec = parse_method(text)
@@ -117,7 +118,8 @@ def test_adam_train_equals_a_torch_adam_loop(npz):
     torch.manual_seed(1)
     ds = datasets.load(npz, None)
     x = torch.from_numpy(ds.x_train)
-    mean, std = x.double().mean(0, keepdim=True).float(), x.double().std(0, unbiased=False, keepdim=True).float()
+    mean = x.double().mean(0, keepdim=True).float()
+    std = x.double().std(0, unbiased=False, keepdim=True).float()
     x, y = (x - mean) / std, torch.from_numpy(ds.y_train.astype(np.int64))
     model = build("mlp", C, in_channels=D, bn=False, bn_affine=False)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -160,7 +162,8 @@ def test_mean_loss_gradient_is_the_batch_mean(npz):
     torch.manual_seed(1)
     ds = datasets.load(npz, None)
     x = torch.from_numpy(ds.x_train)
-    mean, std = x.double().mean(0, keepdim=True).float(), x.double().std(0, unbiased=False, keepdim=True).float()
+    mean = x.double().mean(0, keepdim=True).float()
+    std = x.double().std(0, unbiased=False, keepdim=True).float()
     x, y = (x - mean) / std, torch.from_numpy(ds.y_train.astype(np.int64))
     model = build("mlp", C, in_channels=D, bn=False, bn_affine=False)
     nn.functional.cross_entropy(model(x), y).backward()

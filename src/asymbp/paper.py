@@ -3,7 +3,8 @@
 `published(experiment)` returns the paper's table as a DataFrame (rows: dataset keys, columns:
 method strings, values: error %). BioTorch's tables (`biotorch-*`) are here too: their rows are
 dataset keys or, for CIFAR-10, (model, optimizer) labels such as "ResNet-20 Adam"; their columns
-BioTorch's method names (BP, FA, DFA, uSF, brSF, frSF). `PAPER_DATASETS` maps the paper's row names to dataset keys.
+BioTorch's method names (BP, FA, DFA, uSF, brSF, frSF). `PAPER_DATASETS` maps the paper's row
+names to dataset keys.
 
 pandas is imported inside `published` only: `asymbp.data` reads `PAPER_DATASETS` for its
 order, and loading a dataset must not pay for pandas.

@@ -8,7 +8,8 @@
    feedback scheme, freeze layers for Experiment C2;
 3. make the method's optimizer (SGD or Batch Manhattan) over every trainable parameter;
 4. for each epoch: set the learning rate (`lr_at`: base for the first 50/65 of the run, base/10
-   to 60/65, base/100 after; or at `lr_milestones`) and weight decay (`wd_milestones`), train on mini-batches drawn by index permutation, refresh the
+   to 60/65, base/100 after; or at `lr_milestones`) and weight decay (`wd_milestones`),
+   train on mini-batches drawn by index permutation (augmented, with `augment`), refresh the
    test-time BN statistics (paper protocol: 20 training batches, EMA α = 0.05), evaluate,
    measure the alignment, record the epoch's metrics;
 5. a run diverges, and ends, at the first epoch whose mean per-example training loss is NaN,
@@ -53,7 +54,8 @@ from .optim import make_optimizer
 __all__ = ["TrainConfig", "train", "lr_at", "paper_milestones", "at_milestones",
            "weight_decay_at", "batch_schedule", "feedback_weight_decay_at",
            "prepare_data", "resized", "resized_shape", "augmenter", "honest_split",
-           "build_model", "xavier_init_", "refresh_bn_stats", "evaluate", "error_rate", "epoch_alignment", "summarize"]
+           "build_model", "xavier_init_", "refresh_bn_stats", "evaluate", "error_rate",
+           "epoch_alignment", "summarize"]
 
 
 # ---- the schedules ------------------------------------------------------------------------
@@ -326,8 +328,9 @@ def augmenter(cfg: TrainConfig, tensors: Tensors
 
 def honest_split(cfg: TrainConfig, ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
     """(validation, training) indices of the training set under the honest protocol (seeded by
-    `data_seed`; `val_size` examples, or the `val_fraction` of them), None under the paper's; the one-line error when no training example is left
-    (cheap: the command line checks it before a run starts)."""
+    `data_seed`; `val_size` examples, or the `val_fraction` of them), None under the paper's;
+    the one-line error when no training example is left (cheap: the command line checks it
+    before a run starts)."""
     if cfg.protocol != "honest":
         return None
     perm = np.random.default_rng(cfg.data_seed + 7919).permutation(len(ds.y_train))

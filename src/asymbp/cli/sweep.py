@@ -146,8 +146,9 @@ def preflight(runs) -> None:
         ds = data.load(key, data_dir, seed=seed, synthetic=synthetic)
         for model, protocol, val_fraction, val_size, size in sorted(wanted, key=str):
             models.check_fit(model or ds.model, resized_shape(ds.input_shape, size), key)
+            # an honest split that leaves something to train on
             honest_split(TrainConfig(protocol=protocol, val_fraction=val_fraction,
-                                     val_size=val_size, data_seed=seed), ds)  # leaves something to train on
+                                     val_size=val_size, data_seed=seed), ds)
         del ds
     import torch
 
