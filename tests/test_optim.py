@@ -7,6 +7,9 @@ Every rule is evaluated a second time, by hand, in NumPy, straight from the equa
     BM1:  τ(t) = −sign(g) + m τ(t−1) − d w(t)
     BM2:  τ(t) = sign(−sign(g) + m τ(t−1) − d w(t))
     BM3:  τ(t) = sign(κ(t)),  κ(t) = −sign(g) + m κ(t−1) − d w(t)
+    Adam: g' = g + d w;  a = β1 a + (1 − β1) g';  v = β2 v + (1 − β2) g'²
+          τ(t) = −(a / (1 − β1ᵗ)) / (sqrt(v / (1 − β2ᵗ)) + ε)   (β = 0.9, 0.999; ε = 1e-8;
+          m is not Adam's: make_optimizer passes it to SGD and BM only)
 
 with sign(0) = 0, and the optimizers must agree with it over three steps.
 """
@@ -27,7 +30,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def oracle(rule: str, w0, grads, lr, m, d):
     """The weights after each step, computed from DESIGN §3 with NumPy in float64."""
     w = np.array(w0, dtype=np.float64)
-    buf = np.zeros_like(w)  # τ(t−1), or κ(t−1) for BM3
+    buf = np.zeros_like(w)  # τ(t−1), or κ(t−1) for BM3, or Adam's first moment
+    v, t = np.zeros_like(w), 0  # Adam's second moment and step count
     out = []
     for g in grads:
         g = np.asarray(g, dtype=np.float64)
@@ -43,6 +47,11 @@ def oracle(rule: str, w0, grads, lr, m, d):
         elif rule == "BM3":
             buf = -np.sign(g) + m * buf - d * w  # κ(t)
             tau = np.sign(buf)
+        elif rule == "Adam":
+            t, gd = t + 1, g + d * w
+            buf = 0.9 * buf + 0.1 * gd
+            v = 0.999 * v + 0.001 * gd * gd
+            tau = -(buf / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
         else:
             raise AssertionError(f"no oracle for the update rule {rule}: write its equation here")
         w = w + lr * tau
@@ -184,7 +193,7 @@ def test_state_dict_round_trip(rule):
 
 
 def test_update_rule_registry_and_errors():
-    assert set(UPDATE_RULES) == {"SGD", "BM1", "BM2", "BM3"}
+    assert set(UPDATE_RULES) == {"SGD", "BM1", "BM2", "BM3", "Adam"}
     w = torch.nn.Parameter(torch.zeros(1))
     assert isinstance(make_optimizer("bm", [w], lr=0.1), BatchManhattan)
     assert make_optimizer("BM", [w], lr=0.1).defaults["setting"] == 1
@@ -202,9 +211,9 @@ def test_update_rule_registry_and_errors():
 def test_bm_is_an_alias_of_bm1_in_the_registry():
     assert UPDATE_RULES["bm"] is UPDATE_RULES["BM1"] and "BM" not in list(UPDATE_RULES)
     with pytest.raises(AsymbpError) as e:
-        make_optimizer("adam", [torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        make_optimizer("adamw", [torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     msg = str(e.value)
-    assert "\n" not in msg and "SGD, BM1, BM2, BM3" in msg and "BM = BM1" in msg
+    assert "\n" not in msg and "SGD, BM1, BM2, BM3, Adam" in msg and "BM = BM1" in msg
 
 
 def test_closure_returns_loss():

@@ -221,7 +221,7 @@ def test_divergence_in_first_epoch(npz):
 
 def test_divergence_epoch_is_recorded(npz, monkeypatch):
     # a learning rate that explodes from epoch 3 on
-    monkeypatch.setattr(T, "lr_at", lambda e, n, base: base if e < 3 else base * 1e12)
+    monkeypatch.setattr(T, "lr_at", lambda e, n, base, *_: base if e < 3 else base * 1e12)
     r = train(cfg(npz, epochs=5))
     assert r["diverged"] and r["diverged_epoch"] == 3
     assert [row["epoch"] for row in r["epochs"]] == [1, 2, 3]  # the run ends there

@@ -38,9 +38,20 @@ from .methods import MethodSpec, parse_method
 PROTOCOLS = ("paper", "honest")
 # Test-time BN statistics: the paper's post-epoch pass, or the usual running averages.
 BN_STATS = ("paper", "running")
+# BN's learnable scale and shift: the method's rule (the paper: BP only) or every method's
+# (BioTorch's ResNets).
+BN_AFFINE = ("method", "all")
 # Experiment C2: bottom = the last layer random and frozen, top = every layer but the last.
 FREEZE = ("none", "bottom", "top")
 PRECISIONS = ("fp32", "bf16")
+# The training objective over a mini-batch: Liao et al.'s sum (their learning rates apply as
+# printed) or the mean (PyTorch's default, BioTorch's).
+LOSSES = ("sum", "mean")
+# The weights' initialisation: each network's own (torch's defaults), or BioTorch's Xavier.
+INITS = ("default", "xavier")
+# Training-batch augmentation on the device (asymbp.augment): CIFAR's pad-4 crop + flip,
+# ImageNet's random-resized crop + flip (to the images' own size).
+AUGMENTS = ("none", "crop-flip", "resized-crop-flip")
 # torch.compile's modes (the `compile` field takes these, or True for "default").
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -92,25 +103,55 @@ class TrainConfig:
     model: str | None = option(None, f"network key ({', '.join(models.MODELS)}); default: the "
                                      "dataset's Table-1 network")
     # -- the optimisation --
-    epochs: int = option(65, "epochs; the lr schedule (base, /10 after 50/65, /100 after 60/65) "
-                             "scales to it")
+    epochs: int = option(65, "epochs; the paper's lr schedule (base, /10 after 50/65, /100 "
+                             "after 60/65; without --lr-milestones) scales to it")
     batch_size: int = option(100, "mini-batch size")
     # Table 2's uSF+BM cell also tried batch 100 for 3 epochs, then 500.
     batch_schedule: str | None = option(
         None, "batch-size schedule, e.g. '100:3,500' = 100 for 3 epochs then 500 (default: "
               "--batch-size every epoch)", metavar="SPEC")
     base_lr: float = option(5e-4, "base learning rate before the multiplier")
+    loss: str = option("sum", "the cross-entropy over a mini-batch: sum (the paper) or mean "
+                              "(PyTorch, BioTorch); the reported loss is per example either way",
+                       choices=LOSSES, label="loss reduction")
     weight_decay: float = option(5e-4, "weight decay d; the paper does not state it, this is "
                                        "MatConvNet's")
-    momentum: float = option(0.9, "momentum m")
+    # Step schedules as (epoch m, factor γ) pairs, torch's MultiStepLR: after epoch m the value
+    # is multiplied by γ. BioTorch: lr "100:0.1,150:0.1,200:0.1"; PFA (Li & Benna 2024): weight
+    # decay "1:0.02". None: the paper's lr schedule, a constant weight decay.
+    lr_milestones: str | None = option(
+        None, "lr steps 'M:GAMMA,...': after epoch M multiply the lr by GAMMA, e.g. "
+              "'100:0.1,150:0.1' (default: the paper's schedule, scaled to --epochs)",
+        metavar="SPEC")
+    wd_milestones: str | None = option(
+        None, "weight-decay steps 'M:GAMMA,...', e.g. '1:0.02' (default: constant)",
+        metavar="SPEC")
+    momentum: float = option(0.9, "momentum m (SGD and Batch Manhattan)")
+    # Adam's: (β1, β2) as text "B1,B2" (the command line's form) or a pair of numbers.
+    betas: str | tuple = option("0.9,0.999", "Adam's (beta1, beta2)", metavar="B1,B2")
+    eps: float = option(1e-8, "Adam's epsilon")
     # Li & Benna 2024 align PFA's and KP's V with W through a large first-epoch weight decay.
     feedback_weight_decay: str | None = option(
         None, "weight decay of learned feedback (KP, PFA): first epoch, then after, e.g. "
               "5e-3,1e-4 (default: the weights' decay)", metavar="FIRST,AFTER")
+    init: str = option("default", "weight initialisation: default (each network's own) or "
+                                  "xavier (Xavier-uniform weights, zero biases: BioTorch)",
+                       choices=INITS, label="initialisation")
+    augment: str = option("none", "training-batch augmentation on the device: none, crop-flip "
+                                  "(pad 4, random crop, horizontal flip: CIFAR) or "
+                                  "resized-crop-flip (random-resized crop + flip: ImageNet)",
+                          choices=AUGMENTS, label="augmentation")
+    resize: int | None = option(None, "resize every image once, before training, to SIZE "
+                                      "(the shorter side; BioTorch's MNIST LeNet: 32)",
+                                metavar="SIZE")
     # -- the protocol --
     protocol: str = option("paper", "paper: best test error over epochs; honest: a validation "
                                     "split picks the epoch", choices=PROTOCOLS, label="protocol")
     val_fraction: float = option(0.1, "validation share of the training set, honest protocol")
+    # BioTorch's CIFAR-10: 45 000 train / 5 000 validation of the 50 000.
+    val_size: int | None = option(None, "validation examples held out of the training set, "
+                                        "honest protocol (default: val-fraction of it)",
+                                  metavar="N")
     freeze: str = option("none", "Experiment C2: bottom = last layer random and frozen, top = "
                                  "all but the last; a method's @bottom/@top also sets it",
                          choices=FREEZE, label="freeze setting")
@@ -118,6 +159,9 @@ class TrainConfig:
                                     "over bn-stat-batches training batches, an EMA with factor "
                                     "bn-stat-alpha) or running averages",
                            choices=BN_STATS, label="BN statistics mode")
+    bn_affine: str = option("method", "BN's learnable scale and shift: method (only BP's, the "
+                                      "paper's) or all (every method's, BioTorch's)",
+                            choices=BN_AFFINE, label="BN affine rule")
     bn_stat_batches: int = option(20, "training batches of the paper's post-epoch "
                                       "BN-statistics pass", metavar="N")
     bn_stat_alpha: float = option(0.05, "EMA factor of the paper's post-epoch BN-statistics "
@@ -132,6 +176,10 @@ class TrainConfig:
                                       "whose mean per-example training loss exceeds this, as "
                                       "for a NaN/inf loss; inf: only a NaN/inf loss",
                                  metavar="LOSS")
+    # A RUN field: a synthetic run has its own run key, never a real one's.
+    synthetic: int | None = option(None, "random data of the dataset's shapes, at most N "
+                                         "training and N test examples (0: its sizes); for "
+                                         "timing and smoke tests", metavar="N", cli=False)
     # -- execution (not in the run key) --
     device: str = option("auto", "torch device: auto, cpu, cuda, cuda:1, mps (default: auto: "
                                  "CUDA when there is a GPU, else the CPU; MPS only by name); in "
@@ -246,8 +294,21 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
                           "(bn_stats='paper'); with 0 the test would use mean 0, variance 1; "
                           "give bn_stat_batches >= 1 (--bn-stat-batches; the paper: 20) or "
                           "bn_stats='running' (--bn-stats running)")
+    if cfg.val_size is not None and (cfg.protocol != "honest" or cfg.val_size < 1):
+        raise AsymbpError(f"val_size {cfg.val_size} needs protocol honest and >= 1 examples; "
+                          "the paper protocol holds no validation split out")
     if cfg.protocol == "honest" and not 0 < cfg.val_fraction < 1:
         raise AsymbpError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
+    parse_betas(cfg.betas)
+    if cfg.synthetic is not None and cfg.synthetic < 0:
+        raise AsymbpError(f"synthetic must be >= 0 examples (0: the dataset's sizes), got "
+                          f"{cfg.synthetic}")
+    if cfg.resize is not None and cfg.resize < 1:
+        raise AsymbpError(f"resize must be a size >= 1 pixel, got {cfg.resize}; e.g. 32")
+    parse_milestones(cfg.lr_milestones, "lr")
+    parse_milestones(cfg.wd_milestones, "weight-decay")
+    if not (cfg.eps >= 0 and math.isfinite(cfg.eps)):
+        raise AsymbpError(f"Adam's eps must be a finite number >= 0, got {cfg.eps}")
     parse_batch_schedule(cfg.batch_schedule)
     parse_feedback_weight_decay(cfg.feedback_weight_decay)
     if cfg.mirror_every < 1 or cfg.mirror_steps < 0 or cfg.mirror_warmup < 0:
@@ -293,6 +354,8 @@ _TYPES = {
     str: ("a string", lambda v: isinstance(v, str)),
     bool: ("a bool (True/False)", lambda v: isinstance(v, bool)),
     dict: ("a dict", lambda v: isinstance(v, dict)),
+    # a pair written as a tuple, or the list JSON makes of it (a stored config)
+    tuple: ("a tuple", lambda v: isinstance(v, (tuple, list))),
     type(None): ("None", lambda v: v is None),
 }
 
@@ -349,3 +412,33 @@ def parse_feedback_weight_decay(text: str | None) -> tuple[float, float] | None:
         raise AsymbpError(f"feedback weight decay must be two finite numbers >= 0, got "
                           f"{text!r}; e.g. '5e-3,1e-4'")
     return first, after
+
+
+def parse_betas(value: str | tuple | list) -> tuple[float, float]:
+    """"0.9,0.999" or (0.9, 0.999) -> (β1, β2), each in [0, 1)."""
+    try:
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        b1, b2 = (float(b) for b in parts)
+    except (TypeError, ValueError):
+        raise AsymbpError(f"bad Adam betas {value!r}; expected two numbers 'B1,B2', e.g. "
+                          "'0.9,0.999'") from None
+    if not (0 <= b1 < 1 and 0 <= b2 < 1):
+        raise AsymbpError(f"Adam's betas must be in [0, 1), got ({b1}, {b2}); e.g. "
+                          "'0.9,0.999'")
+    return b1, b2
+
+
+def parse_milestones(text: str | None, what: str = "lr") -> list[tuple[int, float]] | None:
+    """"100:0.1,150:0.1" -> [(100, 0.1), (150, 0.1)]: after epoch m, multiply by γ; None for
+    None (the default schedule)."""
+    if text is None:
+        return None
+    try:
+        steps = [(int(m), float(g)) for m, g in (p.split(":") for p in str(text).split(","))]
+    except ValueError:
+        raise AsymbpError(f"bad {what} milestones {text!r}; expected 'EPOCH:FACTOR,...', e.g. "
+                          "'100:0.1,150:0.1' (x0.1 after epochs 100 and 150)") from None
+    if not all(m >= 1 and g > 0 and math.isfinite(g) for m, g in steps):
+        raise AsymbpError(f"{what} milestones {text!r} need epochs >= 1 and factors > 0; e.g. "
+                          "'100:0.1,150:0.1'")
+    return steps

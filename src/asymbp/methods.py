@@ -1,11 +1,12 @@
 """Method strings (DESIGN §4): the paper's column names as the user interface.
 
-Grammar: `[scheme][+BN][+BM|+BM1|+BM2|+BM3][+WN][@bottom|@top]`, case-insensitive.
+Grammar: `[scheme][+BN][+BM|+BM1|+BM2|+BM3|+Adam][+WN][@bottom|@top]`, case-insensitive.
 
 - no scheme means symmetric backprop (`BP`); `SGD` alone means `BP` with update setting 0;
 - `BN`: batch normalisation after every conv and hidden fc layer; with learnable scale and shift
   only in the symmetric entries (`BN`, `BN+BM`), without them for every asymmetric scheme;
-- `BM` = `BM1`: Batch Manhattan settings 1–3 (DESIGN §3); no BM part means SGD (setting 0);
+- `BM` = `BM1`: Batch Manhattan settings 1–3 (DESIGN §3); `Adam`: torch's Adam (BioTorch's
+  optimizer; `Adam` alone is BP with Adam); no update part means SGD (setting 0);
 - `WN`: keep each layer's weight norm at its initial value (Moskovitz et al. 2018);
 - `@bottom` / `@top`: Experiment C2's frozen random layers (the last layer / all but the last).
 """
@@ -22,8 +23,8 @@ from .optim import UPDATE_RULES
 FREEZE = ("none", "bottom", "top")
 
 GRAMMAR = (
-    "[scheme][+BN][+BM|+BM1|+BM2|+BM3][+WN][@bottom|@top]; no scheme means BP, "
-    "'SGD' alone means BP with plain SGD"
+    "[scheme][+BN][+BM|+BM1|+BM2|+BM3|+Adam][+WN][@bottom|@top]; no scheme means BP, "
+    "'SGD' alone means BP with plain SGD, 'Adam' alone BP with Adam"
 )
 
 
@@ -35,7 +36,7 @@ class MethodSpec:
     p: float | None = None  # sign-flip probability in % (brSF / frSF)
     bn: bool = False
     bn_affine: bool = False  # BN's learnable scale/shift: only for symmetric BP (the paper's BN)
-    update: str = "SGD"  # SGD (setting 0) or BM1 / BM2 / BM3
+    update: str = "SGD"  # SGD (setting 0), BM1 / BM2 / BM3 or Adam
     weight_norm: bool = False
     freeze: str = "none"  # Experiment C2
     options: dict = field(default_factory=dict, compare=False, hash=False)
@@ -183,9 +184,11 @@ def describe() -> str:
         "Other parts:",
         "  BN      batch normalisation after each conv / hidden fc (affine only with BP)",
         "  BM, BM1 Batch Manhattan setting 1; BM2, BM3 settings 2 and 3; none: SGD (setting 0)",
+        "  Adam    Adam (torch.optim.Adam, BioTorch's optimizer; --betas, --eps)",
         "  WN      keep each layer's weight norm at its initial value",
         "  @bottom last layer random and frozen; @top every layer but the last random and frozen",
         "",
-        "Examples: SGD, BM, BN+BM, uSF+BN+BM, brSF-25+BN+BM, frSF+BN+BM, RndF+BN, PFA+BN, sSF+WN",
+        "Examples: SGD, BM, BN+BM, uSF+BN+BM, brSF-25+BN+BM, frSF+BN+BM, RndF+BN, PFA+BN, sSF+WN, "
+        "uSF+Adam",
     ]
     return "\n".join(lines)

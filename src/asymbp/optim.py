@@ -1,4 +1,4 @@
-"""The paper's update rules (Liao, Leibo & Poggio 2016, Section 3; DESIGN §3).
+"""The paper's update rules (Liao, Leibo & Poggio 2016, Section 3; DESIGN §3), and Adam.
 
     w(t+1) = w(t) + η τ(t)
 
@@ -129,19 +129,6 @@ class BatchManhattan(Optimizer):
         return loss
 
 
-UPDATE_RULES.register("SGD", (SGD, {}))
-UPDATE_RULES.register("BM1", (BatchManhattan, {"setting": 1}), aliases=("BM",))
-UPDATE_RULES.register("BM2", (BatchManhattan, {"setting": 2}))
-UPDATE_RULES.register("BM3", (BatchManhattan, {"setting": 3}))
-
-
-def make_optimizer(update: str, params, lr: float, momentum: float = 0.9,
-                   weight_decay: float = 5e-4) -> Optimizer:
-    """The optimizer of an update rule name (`SGD`, `BM` = `BM1`, `BM2`, `BM3`; any case)."""
-    cls, extra = UPDATE_RULES[update]
-    return cls(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **extra)
-
-
 # ---- Adam, for BioTorch's protocols (DESIGN §9a) ----------------------------------------------
 
 
@@ -179,3 +166,21 @@ class Adam(torch.optim.Adam):
         if not eps >= 0:
             raise AsymbpError(f"Adam's eps must be >= 0, got {eps}")
         super().__init__(params, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay)
+
+
+UPDATE_RULES.register("SGD", (SGD, {}))
+UPDATE_RULES.register("BM1", (BatchManhattan, {"setting": 1}), aliases=("BM",))
+UPDATE_RULES.register("BM2", (BatchManhattan, {"setting": 2}))
+UPDATE_RULES.register("BM3", (BatchManhattan, {"setting": 3}))
+UPDATE_RULES.register("Adam", (Adam, {}))
+
+
+def make_optimizer(update: str, params, lr: float, momentum: float = 0.9,
+                   weight_decay: float = 5e-4, betas: tuple[float, float] = (0.9, 0.999),
+                   eps: float = 1e-8) -> Optimizer:
+    """The optimizer of an update rule name (`SGD`, `BM` = `BM1`, `BM2`, `BM3`, `Adam`; any
+    case). Each takes its own hyperparameters: momentum the paper's rules, betas and eps Adam."""
+    cls, extra = UPDATE_RULES[update]
+    if issubclass(cls, torch.optim.Adam):
+        return cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **extra)
+    return cls(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **extra)

@@ -1,7 +1,10 @@
 """The published numbers of Liao, Leibo & Poggio (AAAI 2016), shipped as package data.
 
 `published(experiment)` returns the paper's table as a DataFrame (rows: dataset keys, columns:
-method strings, values: error %). `PAPER_DATASETS` maps the paper's row names to dataset keys.
+method strings, values: error %). BioTorch's tables (`biotorch-*`) are here too: their rows are
+dataset keys or, for CIFAR-10, (model, optimizer) labels such as "ResNet-20 Adam"; their columns
+BioTorch's method names (BP, FA, DFA, uSF, brSF, frSF). `PAPER_DATASETS` maps the paper's row
+names to dataset keys.
 
 pandas is imported inside `published` only: `asymbp.data` reads `PAPER_DATASETS` for its
 order, and loading a dataset must not pay for pandas.
@@ -45,7 +48,18 @@ TABLES = {
     "C1": ("table4_experiment_c1.csv", "Table 4 left, Experiment C1: fixed random feedback"),
     "C2": ("table4_experiment_c2.csv", "Table 4 right, Experiment C2: frozen random layers"),
     "BM": ("table5_bm_settings.csv", "Table 5: Batch Manhattan settings"),
+    # BioTorch (Sanfiz & Akrout 2021), Benchmarks.md at jsalbert/biotorch commit 74fad0d
+    "biotorch-mnist": ("biotorch_mnist.csv", "BioTorch: MNIST and Fashion-MNIST, LeNet, SGD"),
+    "biotorch-cifar10": ("biotorch_cifar10.csv",
+                         "BioTorch: CIFAR-10, LeNet / ResNet-20 / ResNet-56 x SGD / Adam"),
 }
+# BioTorch's dataset names -> asymbp keys
+BIOTORCH_DATASETS = {"MNIST": "mnist", "Fashion-MNIST": "fashion-mnist"}
+
+
+def row_label(model: str, optimizer: str) -> str:
+    """A (model, optimizer) row of BioTorch's CIFAR-10 table as one label: "ResNet-20 Adam"."""
+    return f"{model} {optimizer}"
 
 
 def _columns_for(experiment: str, columns: list[str]) -> list[str]:
@@ -58,7 +72,8 @@ def _columns_for(experiment: str, columns: list[str]) -> list[str]:
 
 
 def published(experiment: str) -> pd.DataFrame:
-    """The paper's table for `experiment` (A, B1, B2, C1, C2, BM); index: dataset keys."""
+    """The paper's table for `experiment` (A, B1, B2, C1, C2, BM, biotorch-mnist,
+    biotorch-cifar10); index: dataset keys (or BioTorch's row labels)."""
     if experiment not in TABLES:
         raise unknown("experiment", experiment, TABLES)
     import pandas as pd
@@ -66,11 +81,20 @@ def published(experiment: str) -> pd.DataFrame:
     name, _ = TABLES[experiment]
     with resources.files("asymbp").joinpath("paper", name).open() as f:
         df = pd.read_csv(f)
-    df["dataset"] = df["dataset"].map(PAPER_DATASETS)
+    if "optimizer" in df.columns:  # BioTorch's CIFAR-10: rows keyed by (model, optimizer)
+        df.insert(0, "dataset", [row_label(m, o) for m, o in zip(df.pop("model"),
+                                                                 df.pop("optimizer"))])
+    else:
+        names = BIOTORCH_DATASETS if experiment.startswith("biotorch") else PAPER_DATASETS
+        df["dataset"] = df["dataset"].map(names)
     df = df.set_index("dataset")
     return df[_columns_for(experiment, list(df.columns))]
 
 
+# Columns an experiment runs beyond its published table: Moskovitz et al. 2018's sSF+WN.
+EXTRA_COLUMNS = {"biotorch-cifar10": ["sSF+WN"]}
+
+
 def columns(experiment: str) -> list[str]:
-    """The experiment's method columns, in the paper's order."""
-    return list(published(experiment).columns)
+    """The experiment's method columns, in the paper's order (then any extra ones)."""
+    return list(published(experiment).columns) + EXTRA_COLUMNS.get(experiment, [])

@@ -8,7 +8,8 @@
    feedback scheme, freeze layers for Experiment C2;
 3. make the method's optimizer (SGD or Batch Manhattan) over every trainable parameter;
 4. for each epoch: set the learning rate (`lr_at`: base for the first 50/65 of the run, base/10
-   to 60/65, base/100 after), train on mini-batches drawn by index permutation, refresh the
+   to 60/65, base/100 after; or at `lr_milestones`) and weight decay (`wd_milestones`),
+   train on mini-batches drawn by index permutation (augmented, with `augment`), refresh the
    test-time BN statistics (paper protocol: 20 training batches, EMA α = 0.05), evaluate,
    measure the alignment, record the epoch's metrics;
 5. a run diverges, and ends, at the first epoch whose mean per-example training loss is NaN,
@@ -34,11 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import augment as aug
 from . import data as datasets
 from . import metrics
 from . import models
 from ._provenance import provenance
-from .config import TrainConfig, check_config, parse_batch_schedule, parse_feedback_weight_decay
+from .config import (TrainConfig, check_config, parse_batch_schedule, parse_betas,
+                     parse_feedback_weight_decay, parse_milestones)
 from .convert import convert
 from .errors import AsymbpError
 from .execution import Execution
@@ -48,21 +51,41 @@ from .methods import MethodSpec
 from .optim import make_optimizer
 
 # TrainConfig is asymbp.config's, re-exported: `asymbp.train.TrainConfig` is public (DESIGN §9).
-__all__ = ["TrainConfig", "train", "lr_at", "batch_schedule", "feedback_weight_decay_at",
-           "prepare_data", "honest_split", "build_model", "refresh_bn_stats", "evaluate",
-           "error_rate", "epoch_alignment", "summarize"]
+__all__ = ["TrainConfig", "train", "lr_at", "paper_milestones", "at_milestones",
+           "weight_decay_at", "batch_schedule", "feedback_weight_decay_at",
+           "prepare_data", "resized", "resized_shape", "augmenter", "honest_split",
+           "build_model", "xavier_init_", "refresh_bn_stats", "evaluate", "error_rate",
+           "epoch_alignment", "summarize"]
 
 
 # ---- the schedules ------------------------------------------------------------------------
 
 
-def lr_at(epoch: int, epochs: int, base: float) -> float:
-    """The paper's step schedule scaled to the run length (epoch counts from 1)."""
-    if epoch <= round(epochs * 50 / 65):
-        return base
-    if epoch <= round(epochs * 60 / 65):
-        return base / 10
-    return base / 100
+def paper_milestones(epochs: int) -> list[tuple[int, float]]:
+    """The paper's step schedule as milestones, scaled to the run length: /10 after 50/65 of
+    the run, /10 again after 60/65."""
+    return [(round(epochs * 50 / 65), 0.1), (round(epochs * 60 / 65), 0.1)]
+
+
+def at_milestones(epoch: int, base: float, milestones: list[tuple[int, float]]) -> float:
+    """`base` times every factor γ whose milestone m has passed (m < epoch, counted from 1):
+    torch's MultiStepLR stepped once per epoch. It divides by 1/γ rather than multiplying by γ
+    so that /10 steps give base/10 and base/100 as printed (0.1 x 0.1 is not 0.01 in floats)."""
+    return base / math.prod(1 / g for m, g in milestones if m < epoch)
+
+
+def lr_at(epoch: int, epochs: int, base: float,
+          milestones: list[tuple[int, float]] | None = None) -> float:
+    """The learning rate of `epoch` (from 1): at `milestones` (lr_milestones), or by default
+    the paper's step schedule scaled to the run length."""
+    return at_milestones(epoch, base, paper_milestones(epochs) if milestones is None
+                         else milestones)
+
+
+def weight_decay_at(epoch: int, cfg: TrainConfig) -> float:
+    """The weights' decay in `epoch`: `weight_decay`, stepped at `wd_milestones` if given."""
+    return at_milestones(epoch, cfg.weight_decay,
+                         parse_milestones(cfg.wd_milestones, "weight-decay") or [])
 
 
 def batch_schedule(cfg: TrainConfig) -> Callable[[int], int]:
@@ -116,6 +139,7 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
     spec = check_config(cfg)
     execution = Execution(cfg, checkpoint)  # the device: one this machine lacks fails here
     device, next_batch = execution.device, batch_schedule(cfg)
+    lr_milestones = parse_milestones(cfg.lr_milestones)  # None: the paper's schedule
 
     # -- data, model, optimizer ---------------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -124,11 +148,16 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
     tensors = tensors.with_inputs(execution.memory_format)
     model = execution.memory_format(build_model(cfg, spec, tensors).to(device))
     optimizer = make_optimizer(spec.update, param_groups(model), lr=cfg.base_lr * cfg.lr_mult,
-                               momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+                               momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               betas=parse_betas(cfg.betas), eps=cfg.eps)
     step_model = execution.wrap(model)  # what the training steps call (DDP, compiled)
     data_gen = torch.Generator().manual_seed(cfg.seed)  # batch order
     stat_gen = torch.Generator().manual_seed(cfg.seed + 1)  # BN-statistics batches
     generators = {"data_gen": data_gen, "stat_gen": stat_gen}  # their checkpoint names
+    augment = augmenter(cfg, tensors)  # None without augmentation
+    if augment is not None:  # on the device, like the batches; in the checkpoint only when
+        # used, so that the checkpoints of runs without augmentation keep resuming
+        generators["aug_gen"] = torch.Generator(device=device).manual_seed(cfg.seed + 2)
     progress = execution.resume(model, optimizer, generators)
     start_epoch = progress.next_epoch
     if on_start is not None and execution.main:
@@ -142,8 +171,10 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
         if progress.diverged_epoch is not None:
             break
         t0 = time.perf_counter()
-        lr, bs = lr_at(epoch, int(cfg.epochs), cfg.base_lr * cfg.lr_mult), next_batch(epoch)
-        set_epoch_hyperparameters(optimizer, lr, feedback_weight_decay_at(epoch, cfg))
+        lr = lr_at(epoch, int(cfg.epochs), cfg.base_lr * cfg.lr_mult, lr_milestones)
+        bs = next_batch(epoch)
+        set_epoch_hyperparameters(optimizer, lr, weight_decay_at(epoch, cfg),
+                                  feedback_weight_decay_at(epoch, cfg))
 
         # -- train one epoch: no host synchronisation inside the loop -------------------------
         model.train()
@@ -151,14 +182,19 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
         wrong = torch.zeros((), dtype=torch.long, device=device)
         perm = torch.randperm(n, generator=data_gen).to(device)
         for i in range(0, n, bs):
-            idx = execution.shard(perm[i:i + bs])  # this process's share of the mini-batch
+            batch = perm[i:i + bs]
+            idx = execution.shard(batch)  # this process's share of the mini-batch
             xb, yb = tensors.x_train[idx], tensors.y_train[idx]
+            if augment is not None:
+                xb = augment(xb, generators["aug_gen"])
             with execution.autocast():
                 out = step_model(xb)
                 # The sum over the batch, so the paper's learning rates apply as printed.
                 loss = F.cross_entropy(out.float(), yb, reduction="sum")
+            # loss "mean": over the whole mini-batch (all processes' shares), BioTorch's
+            objective = loss if cfg.loss == "sum" else loss / len(batch)
             optimizer.zero_grad(set_to_none=True)
-            execution.backward(loss)
+            execution.backward(objective)
             optimizer.step()
             if spec.weight_norm:
                 renormalize(model)
@@ -210,6 +246,7 @@ class Tensors:
     y_val: Tensor | None
     num_classes: int
     model: str
+    black: Tensor | None = None  # (1, C, 1, 1): a raw 0 pixel after normalisation
 
     def with_inputs(self, fn: Callable[[Tensor], Tensor]) -> "Tensors":
         """The same data with `fn` applied to each input tensor (x_train, x_val, x_test)."""
@@ -221,10 +258,13 @@ def prepare_data(cfg: TrainConfig, device: torch.device, ds: datasets.Dataset | 
                  ) -> Tensors:
     """Load, split (honest protocol), normalise per channel with training statistics, move."""
     if ds is None:
-        ds = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed)  # validated there
+        ds = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed,
+                           synthetic=cfg.synthetic)  # validated there
     else:
         datasets.validate(ds)  # a dataset built by the caller gets the same checks
-    x_tr, y_tr = ds.x_train, ds.y_train
+    x_tr, y_tr, x_te = ds.x_train, ds.y_train, ds.x_test
+    if cfg.resize is not None:  # once, before the statistics: the network sees these images
+        x_tr, x_te = resized(x_tr, cfg.resize, ds.key), resized(x_te, cfg.resize, ds.key)
     x_val = y_val = None
     split = honest_split(cfg, ds)
     if split is not None:
@@ -242,25 +282,69 @@ def prepare_data(cfg: TrainConfig, device: torch.device, ds: datasets.Dataset | 
         return xt, torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
 
     xt, yt = put(x_tr, y_tr)
-    xs, ys = put(ds.x_test, ds.y_test)
+    xs, ys = put(x_te, ds.y_test)
     xv, yv = put(x_val, y_val)
-    return Tensors(xt, yt, xs, ys, xv, yv, ds.num_classes, ds.model)
+    black = torch.from_numpy(-mean / std).to(device) if x_tr.ndim == 4 else None
+    return Tensors(xt, yt, xs, ys, xv, yv, ds.num_classes, ds.model, black)
+
+
+def resized(x: np.ndarray, size: int, key: str) -> np.ndarray:
+    """Images (N, C, H, W) resized as torchvision's Resize(size) (`asymbp.augment.resize`), in
+    chunks (a 60 000-image set is not copied into float64 or a second whole tensor at once)."""
+    if x.ndim != 4:
+        raise AsymbpError(f"resize {size} needs images, but dataset {key} holds vectors of "
+                          f"shape {x.shape[1:]}; leave resize out (--resize) for it")
+    chunks = [aug.resize(torch.from_numpy(np.ascontiguousarray(x[i:i + 4096], np.float32)),
+                         size).numpy() for i in range(0, len(x), 4096)]
+    return np.concatenate(chunks) if chunks else x.astype(np.float32)
+
+
+def resized_shape(shape: tuple[int, ...], size: int | None) -> tuple[int, ...]:
+    """An example's shape (C, H, W) after `resize` (what the network takes), without the data:
+    the command line's check that the network fits, before anything is loaded to the device."""
+    if size is None or len(shape) != 3:
+        return tuple(shape)
+    c, h, w = shape
+    short, long = min(h, w), max(h, w)
+    new_long = int(size * long / short)
+    return (c, new_long, size) if w <= h else (c, size, new_long)
+
+
+def augmenter(cfg: TrainConfig, tensors: Tensors
+              ) -> Callable[[Tensor, torch.Generator], Tensor] | None:
+    """The training batches' augmentation (xb, gen) -> xb, None for `augment="none"`.
+    crop-flip pads with black (a raw 0 pixel, as torchvision pads before normalising);
+    resized-crop-flip gives the images' own size."""
+    if cfg.augment == "none":
+        return None
+    if tensors.x_train.ndim != 4:
+        raise AsymbpError(f"augment {cfg.augment!r} needs images, but dataset {cfg.dataset} "
+                          "holds vectors; use augment none")
+    if cfg.augment == "crop-flip":
+        return lambda xb, gen: aug.random_crop_flip(xb, 4, gen, fill=tensors.black)
+    size = tuple(tensors.x_train.shape[2:])
+    return lambda xb, gen: aug.random_resized_crop_flip(xb, size, gen=gen)
 
 
 def honest_split(cfg: TrainConfig, ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
     """(validation, training) indices of the training set under the honest protocol (seeded by
-    `data_seed`), None under the paper's; the one-line error when no training example is left
-    (cheap: the command line checks it before a run starts)."""
+    `data_seed`; `val_size` examples, or the `val_fraction` of them), None under the paper's;
+    the one-line error when no training example is left (cheap: the command line checks it
+    before a run starts)."""
     if cfg.protocol != "honest":
         return None
     perm = np.random.default_rng(cfg.data_seed + 7919).permutation(len(ds.y_train))
-    n_val = max(1, int(round(len(perm) * cfg.val_fraction)))
+    if cfg.val_size is not None:
+        n_val, given = cfg.val_size, f"val_size {cfg.val_size}"
+    else:
+        n_val = max(1, int(round(len(perm) * cfg.val_fraction)))
+        given = f"val_fraction {cfg.val_fraction}"
     if n_val >= len(perm):
         raise AsymbpError(
             f"dataset {ds.key}: the honest protocol holds out {n_val} of its {len(perm)} "
-            f"training example(s) for validation (val_fraction {cfg.val_fraction}), leaving "
-            "none to train on; lower val_fraction (--val-fraction), add training examples "
-            "or use protocol paper"
+            f"training example(s) for validation ({given}), leaving none to train on; lower "
+            "val_size / val_fraction (--val-size, --val-fraction), add training examples or "
+            "use protocol paper"
         )
     return np.sort(perm[:n_val]), np.sort(perm[n_val:])
 
@@ -270,12 +354,15 @@ def build_model(cfg: TrainConfig, spec: MethodSpec, tensors: Tensors) -> nn.Modu
     layers without running statistics under the paper's BN protocol."""
     key = cfg.model or tensors.model
     shape = tensors.x_train.shape[1:]  # (C, H, W) or (D,)
+    affine = spec.bn_affine or cfg.bn_affine == "all"
     if len(shape) == 3:
         model = models.build(key, tensors.num_classes, in_channels=shape[0],
-                             image_size=shape[1], bn=spec.bn, bn_affine=spec.bn_affine)
+                             image_size=shape[1], bn=spec.bn, bn_affine=affine)
     else:
         model = models.build(key, tensors.num_classes, in_channels=shape[0], bn=spec.bn,
-                             bn_affine=spec.bn_affine)
+                             bn_affine=affine)
+    if cfg.init == "xavier":
+        xavier_init_(model)  # before convert: feedback made from W (uSF's sign(W)) follows it
     convert(model, spec.scheme_name, seed=cfg.seed, weight_norm=spec.weight_norm,
             **{k: v for k, v in spec.scheme_options.items() if k != "p"})
     freeze = spec.freeze if spec.freeze != "none" else cfg.freeze
@@ -284,6 +371,18 @@ def build_model(cfg: TrainConfig, spec: MethodSpec, tensors: Tensors) -> nn.Modu
         for bn in bn_layers(model):
             bn.momentum = 0.0  # running stats come only from the post-epoch pass
     return model
+
+
+@torch.no_grad()
+def xavier_init_(model: nn.Module) -> None:
+    """BioTorch's `init="xavier"`: every Linear and Conv2d weight Xavier-uniform, U(-a, a) with
+    a = sqrt(6 / (fan_in + fan_out)), every bias 0 (jsalbert/biotorch,
+    biotorch/layers/fa_constructor/linear.py and conv.py, `init_parameters`)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def check_model_fit(cfg: TrainConfig, tensors: Tensors) -> None:
@@ -303,12 +402,13 @@ def param_groups(model: nn.Module) -> list[dict]:
     return groups
 
 
-def set_epoch_hyperparameters(optimizer, lr: float, feedback_weight_decay: float | None
-                              ) -> None:
-    """The epoch's learning rate for every group, and the feedback's weight decay (if it has
-    its own schedule)."""
+def set_epoch_hyperparameters(optimizer, lr: float, weight_decay: float,
+                              feedback_weight_decay: float | None) -> None:
+    """The epoch's learning rate and weight decay for every group; the feedback's weight decay
+    instead where it has its own schedule."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+        group["weight_decay"] = weight_decay
         if feedback_weight_decay is not None and group.get("kind") == "feedback":
             group["weight_decay"] = feedback_weight_decay
 

@@ -44,6 +44,11 @@ def add_run_options(p, per_run: bool = True) -> None:
     for f in FIELDS:
         if f.metadata["cli"] and (per_run or not f.metadata["per_run"]):
             p.add_argument(_flag(f.name), dest=f.name, **_argument(f))
+    # an optional value: --synthetic alone is the dataset's own sizes
+    p.add_argument("--synthetic", nargs="?", const=0, type=int, metavar="N",
+                   help="random data of the dataset's shapes and sizes, at most N training and "
+                        "N test examples (no N: all of them): to time and smoke-test without "
+                        "the data")
 
 
 def _flag(name: str) -> str:
@@ -134,7 +139,7 @@ def run(args) -> int:
     from ..distributed import local_device
     from ..hardware import bf16_note
     from ..store import json_safe
-    from ..train import honest_split, train
+    from ..train import honest_split, resized_shape, train
 
     rank0 = int(os.environ.get("RANK", "0")) == 0  # data parallel: rank 0 speaks for the run
     if args.nproc is not None and args.nproc < 1:
@@ -155,8 +160,9 @@ def run(args) -> int:
     local_device(cfg.device)  # so does a device this machine does not have
     # Load (and validate) the data before the progress bar starts, so that a bad dataset, or a
     # network that cannot take its inputs, is one line on stderr, not a bar and a traceback.
-    ds = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed)
-    models.check_fit(cfg.model or ds.model, ds.input_shape, cfg.dataset)
+    ds = datasets.load(cfg.dataset, cfg.data_dir, seed=cfg.data_seed, synthetic=cfg.synthetic)
+    models.check_fit(cfg.model or ds.model, resized_shape(ds.input_shape, cfg.resize),
+                     cfg.dataset)
     honest_split(cfg, ds)  # an honest split that leaves nothing to train on
     bar = None
 

@@ -18,19 +18,20 @@ Running the same command again skips finished runs and resumes unfinished ones."
 def add_parser(sub) -> None:
     import argparse
 
-    from ..sweep.plan import LR_MULTS, SEEDS
+    from ..sweep.plan import EXPERIMENTS, LR_MULTS, SEEDS
     from .run import add_run_options
 
     p = sub.add_parser("sweep", help=HELP, description=HELP + ".", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--experiment", help="A, B1, B2, C1, C2 or BM: the paper's table columns")
+    p.add_argument("--experiment", help=f"{', '.join(EXPERIMENTS)}: a published table's "
+                                        "columns and rows (BioTorch's with their protocols)")
     p.add_argument("--methods", help="comma-separated method strings: a grid, or with "
                                      "--experiment a subset of its columns")
     p.add_argument("--datasets", help="comma-separated dataset keys (default with --experiment: "
                                       "the paper's datasets)")
     p.add_argument("--lr-mults", metavar="K,...",
                    help="learning-rate multipliers of every cell (default: "
-                        f"{','.join(f'{k:g}' for k in LR_MULTS)})")
+                        f"{','.join(f'{k:g}' for k in LR_MULTS)}; BioTorch's experiments: 1)")
     p.add_argument("--seeds", help="seeds of every cell: 1 or 1,2,3 or 1-5 (default: "
                                    f"{','.join(map(str, SEEDS))})")
     p.add_argument("--db", default="results.db", help="results database (default: %(default)s)")
@@ -58,7 +59,9 @@ def plan_from_args(args):
     return plan(experiment=args.experiment,
                 methods=parse_list(args.methods, "method") or None,
                 datasets=parse_list(args.datasets, "dataset") or None,
-                lr_mults=parse_floats(args.lr_mults, "learning-rate multiplier", LR_MULTS),
+                # None: the experiment's own (BioTorch's: 1, an absolute lr), else LR_MULTS
+                lr_mults=None if args.lr_mults is None else parse_floats(
+                    args.lr_mults, "learning-rate multiplier", LR_MULTS),
                 seeds=parse_seeds(args.seeds), base=config_from_args(args))
 
 
@@ -128,7 +131,7 @@ def preflight(runs) -> None:
     from .. import data, models
     from ..config import TrainConfig
     from ..hardware import bf16_note, check_device, resolve_device
-    from ..train import honest_split
+    from ..train import honest_split, resized_shape
 
     d = TrainConfig()
     configs = [{**d.to_dict(), **r.config} for r in runs]
@@ -136,14 +139,16 @@ def preflight(runs) -> None:
         check_device(device)
     by_data: dict[tuple, set] = {}
     for c in configs:
-        by_data.setdefault((c["dataset"], c["data_dir"], c["data_seed"]), set()).add(
-            (c["model"], c["protocol"], c["val_fraction"]))
-    for (key, data_dir, seed), wanted in by_data.items():
-        ds = data.load(key, data_dir, seed=seed)
-        for model, protocol, val_fraction in sorted(wanted, key=str):
-            models.check_fit(model or ds.model, ds.input_shape, key)
+        by_data.setdefault((c["dataset"], c["data_dir"], c["data_seed"], c["synthetic"]),
+                           set()).add(
+            (c["model"], c["protocol"], c["val_fraction"], c["val_size"], c["resize"]))
+    for (key, data_dir, seed, synthetic), wanted in by_data.items():
+        ds = data.load(key, data_dir, seed=seed, synthetic=synthetic)
+        for model, protocol, val_fraction, val_size, size in sorted(wanted, key=str):
+            models.check_fit(model or ds.model, resized_shape(ds.input_shape, size), key)
+            # an honest split that leaves something to train on
             honest_split(TrainConfig(protocol=protocol, val_fraction=val_fraction,
-                                     data_seed=seed), ds)  # leaves something to train on
+                                     val_size=val_size, data_seed=seed), ds)
         del ds
     import torch
 

@@ -27,6 +27,7 @@ from .base import (DATASETS, Dataset, DatasetInfo, check_key, data_root, dataset
 # Loaders register themselves on import, the paper's 15 in its table order.
 from . import idx, cifar, svhn, stl10, folders, flowers, timit, packaged  # noqa: F401,I001
 from .npz import load_npz
+from .synthetic import synthetic as make_synthetic
 
 __all__ = ["DATASETS", "PAPER_ORDER", "Dataset", "DatasetInfo", "check_key", "data_root",
            "dataset_keys", "load", "register", "validate"]
@@ -37,12 +38,16 @@ DATASETS.reorder(lambda key: (PAPER_ORDER.index(key) if key in PAPER_ORDER else 
                               key))
 
 
-def load(key: str, data_dir: str | os.PathLike | None = None, seed: int = 0) -> Dataset:
-    """Load dataset `key` into memory (see the module docstring).
+def load(key: str, data_dir: str | os.PathLike | None = None, seed: int = 0,
+         synthetic: int | None = None) -> Dataset:
+    """Load dataset `key` into memory (see the module docstring); with `synthetic` (a size, 0 for
+    the dataset's own), random data of its shapes instead (`asymbp.data.synthetic`).
 
     Here, not in `base`: it is the one function that needs the loaders (`npz` imports `base`).
     """
     key = check_key(key)
+    if synthetic is not None:
+        return make_synthetic(key, synthetic, seed)
     if key.startswith("npz:"):
         return load_npz(key[4:])
     ds = DATASETS[key].loader(data_root(data_dir) / key, seed)

@@ -135,9 +135,10 @@ class Runner:
     def dataset(self, config: dict) -> datasets.Dataset:
         if self.data is not None:
             return self.data
-        key = (config["dataset"], config.get("data_dir"), config.get("data_seed", 0))
+        key = (config["dataset"], config.get("data_dir"), config.get("data_seed", 0),
+               config.get("synthetic"))
         if key not in self.datasets:
-            self.datasets[key] = datasets.load(key[0], key[1], seed=key[2])
+            self.datasets[key] = datasets.load(key[0], key[1], seed=key[2], synthetic=key[3])
         return self.datasets[key]
 
     def device(self, config: dict) -> str:

@@ -52,6 +52,14 @@ class Experiment:
     key: str
     caption: str
     procedures: dict = field(default_factory=dict)
+    # BioTorch's experiments (the paper's have none of these): a column label -> its config
+    # (a method string and scheme options), a row label -> its config (dataset, model, and as
+    # "method_parts" what the row adds to every method: its optimizer, BN), the config of every
+    # run, the lr multipliers.
+    column_configs: dict = field(default_factory=dict)
+    rows: dict = field(default_factory=dict)
+    base: dict = field(default_factory=dict)
+    lr_mults: tuple | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -61,9 +69,21 @@ class Experiment:
 
     @property
     def datasets(self) -> list[str]:
+        """The table's rows: dataset keys, or BioTorch's row labels ("ResNet-20 Adam")."""
         from ..paper import published
 
-        return list(published(self.key).index)
+        return list(self.rows) or list(published(self.key).index)
+
+    def config(self, column: str, row: str) -> dict:
+        """The config of the cell (column, row) before the per-run fields: the experiment's
+        base, the row's, the column's; the row's method parts join the column's method."""
+        row_cfg = dict(self.rows.get(row, {"dataset": row}))
+        update = row_cfg.pop("method_parts", None)
+        col_cfg = dict(self.column_configs.get(column, {"method": column}))
+        method = col_cfg.pop("method")
+        if update is not None:  # "SGD" alone is BP: BP with Adam is "Adam"
+            method = update if method == "SGD" else f"{method}+{update}"
+        return {**self.base, **row_cfg, **col_cfg, "method": method}
 
 
 EXPERIMENTS: Registry[Experiment] = Registry("experiment",
@@ -86,6 +106,64 @@ register("C2")
 register("BM")
 
 
+def register_biotorch(key: str, rows: dict, base: dict, columns: dict) -> Experiment:
+    """Register one of BioTorch's tables (asymbp.paper.TABLES) as an experiment; a sweep's
+    learning rate is then absolute (base_lr in `base`, one multiplier 1)."""
+    from ..paper import TABLES
+
+    return EXPERIMENTS.register(key, Experiment(key, TABLES[key][1], column_configs=columns,
+                                                rows=rows, base=base, lr_mults=(1.0,)))
+
+
+# BioTorch's methods with its scaled definitions (asymbp.feedback's scheme options): FA's V is
+# fixed Xavier-uniform, uSF's sign(W) is scaled by Xavier's std, brSF/frSF magnitudes are
+# |U(-a, a)| with Xavier's a. "SGD" is BP; a row's optimizer joins it ("uSF+Adam").
+BIOTORCH_COLUMNS = {
+    "BP": {"method": "SGD"},
+    "FA": {"method": "RndF", "scheme_options": {"init": "xavier"}},
+    "DFA": {"method": "DFA"},
+    "uSF": {"method": "uSF", "scheme_options": {"scale": "xavier"}},
+    "brSF": {"method": "brSF", "scheme_options": {"magnitude": "xavier"}},
+    "frSF": {"method": "frSF", "scheme_options": {"magnitude": "xavier"}},
+}
+# BioTorch's MNIST protocol (shared/paper/README.md): LeNetMNIST on 32x32 images, SGD momentum
+# 0.9, weight decay 1e-3, batch 64, 100 epochs, lr /10 at 50 and 75, the batch-mean loss, Xavier
+# init; validation = test, i.e. the paper protocol (best test error over epochs). Its lr is not
+# in the README: 0.01 here, an assumption.
+register_biotorch(
+    "biotorch-mnist",
+    rows={"mnist": {"dataset": "mnist"}, "fashion-mnist": {"dataset": "fashion-mnist"}},
+    base=dict(model="lenet_mnist", resize=32, base_lr=0.01, momentum=0.9, weight_decay=1e-3,
+              batch_size=64, epochs=100, lr_milestones="50:0.1,75:0.1", loss="mean",
+              init="xavier", protocol="paper"),
+    columns=BIOTORCH_COLUMNS)
+
+
+def _cifar_rows() -> dict:
+    """BioTorch's CIFAR-10 rows: (model, optimizer); the ResNets with batch norm, affine for
+    every method as BioTorch's, with running statistics (PyTorch's BN)."""
+    rows = {}
+    for name, model, bn in (("LeNet", "lenet_cifar", False), ("ResNet-20", "resnet20", True),
+                            ("ResNet-56", "resnet56", True)):
+        for opt, hyper in (("SGD", dict(base_lr=0.1, momentum=0.9)),
+                           ("Adam", dict(base_lr=1e-3, method_parts="Adam"))):
+            row = {"dataset": "cifar10", "model": model, **hyper}
+            if bn:
+                row.update(method_parts="BN+Adam" if opt == "Adam" else "BN", bn_affine="all")
+            rows[f"{name} {opt}"] = row
+    return rows
+
+
+# 45k train / 5k validation (picks the epoch) / 10k test, crop + flip, batch 128, 250 epochs, lr
+# /10 at 100, 150, 200, weight decay 1e-4, the batch-mean loss, Xavier init.
+register_biotorch(
+    "biotorch-cifar10", rows=_cifar_rows(),
+    base=dict(protocol="honest", val_size=5000, augment="crop-flip", batch_size=128,
+              epochs=250, lr_milestones="100:0.1,150:0.1,200:0.1", weight_decay=1e-4,
+              loss="mean", init="xavier", bn_stats="running"),
+    columns={**BIOTORCH_COLUMNS, "sSF+WN": {"method": "sSF+WN"}})
+
+
 def get(key: str) -> Experiment:
     """The experiment `key` (case-insensitive), or the one-line error listing the valid ones."""
     return EXPERIMENTS[key]
@@ -97,7 +175,8 @@ class RunSpec:
 
     experiment: str
     method: str  # the column label as written (e.g. "uSF+BN+BM@top"), also config["method"]
-    dataset: str
+    # (BioTorch's columns: the label, e.g. "FA"; config["method"] is its method string)
+    dataset: str  # the row: a dataset key, or a BioTorch row label (config["dataset"] the key)
     lr_mult: float
     seed: int
     procedure: str  # "" = the default procedure; else a label such as "batch 100:3,500"
@@ -191,7 +270,7 @@ def cell(method: str, dataset: str, seeds: Iterable[int] = SEEDS, lr_mults=LR_MU
 
 
 def plan(experiment: str | None = None, methods: list[str] | None = None,
-         datasets: list[str] | None = None, lr_mults=LR_MULTS, seeds=SEEDS,
+         datasets: list[str] | None = None, lr_mults=None, seeds=SEEDS,
          base: dict | None = None) -> list[RunSpec]:
     """Every run of an experiment or grid, validated.
 
@@ -200,8 +279,10 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
             are required).
         methods: with an experiment, a subset of its columns; else the grid's methods.
         datasets: dataset keys (default for an experiment: the paper's datasets).
-        lr_mults, seeds: each cell's runs.
-        base: `TrainConfig` fields shared by every run (epochs, model, protocol, ...).
+        lr_mults, seeds: each cell's runs (lr_mults default: the experiment's, else LR_MULTS).
+        base: `TrainConfig` fields shared by every run (epochs, model, protocol, ...); for an
+            experiment with its own protocol (BioTorch's), only the fields that differ from
+            TrainConfig's defaults override it (the command line gives every field).
 
     Returns:
         `RunSpec`s in a stable order: dataset, method, procedure, multiplier, seed; a run key
@@ -210,9 +291,13 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
     base = dict(base or {})
     for k in PER_RUN:  # each run's own
         base.pop(k, None)
+    exp = None
     if experiment is not None:
         exp = get(experiment)
         label, procedures = exp.key, exp.procedures
+        if exp.base:
+            base = {k: v for k, v in base.items() if v != _defaults().get(k)}
+        lr_mults = exp.lr_mults if lr_mults is None and exp.lr_mults else lr_mults
         if methods:
             valid = exp.columns
             for m in methods:
@@ -226,10 +311,17 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
         if not methods or not datasets:
             raise AsymbpError("give --experiment (A, B1, B2, C1, C2, BM) or both --methods and "
                               "--datasets for a grid")
+    lr_mults = LR_MULTS if lr_mults is None else lr_mults
+    if exp is not None and exp.rows:
+        for d in datasets:
+            if d not in exp.rows:
+                raise unknown(f"row of experiment {exp.key}", d, list(exp.rows))
     for m in methods:
-        parse_method(m)
-    # Names as registered (`MNIST` is `mnist`): one run, one key, however it was typed.
-    datasets = [data.check_key(d) for d in datasets]
+        if exp is None or m not in exp.column_configs:
+            parse_method(m)
+    # Names as registered (`MNIST` is `mnist`): one run, one key, however it was typed; an
+    # experiment's own rows (BioTorch's model x optimizer) are its names already.
+    datasets = [d if exp is not None and d in exp.rows else data.check_key(d) for d in datasets]
     if base.get("model") is not None:
         base["model"] = models.MODELS.canonical(base["model"])
     lr_mults, seeds = _numbers(lr_mults, "learning-rate multiplier"), _numbers(seeds, "seed")
@@ -249,7 +341,8 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
             for proc, overrides in {"": {}, **procedures.get(m, {})}.items():
                 for k in lr_mults:
                     for s in seeds:
-                        cfg = {**base, **overrides, "dataset": d, "method": m,
+                        cell_cfg = exp.config(m, d) if exp is not None else {}
+                        cfg = {"dataset": d, "method": m, **cell_cfg, **base, **overrides,
                                "lr_mult": k, "seed": s}
                         run = RunSpec(label, m, d, k, s, proc, cfg)
                         runs.setdefault(run.key, run)  # the same run twice is planned once
@@ -257,7 +350,8 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
     # method and procedure, and once per multiplier and seed, so each value is seen.
     checked = set()
     for r in runs.values():
-        sigs = {("method", r.method, r.config.get("batch_schedule")), ("lr", r.lr_mult),
+        sigs = {("method", r.method, r.dataset, r.config.get("batch_schedule")),
+                ("lr", r.lr_mult),
                 ("seed", r.seed)}
         if not sigs <= checked:
             check_config(TrainConfig.from_dict(r.config))
