@@ -30,6 +30,7 @@ from . import models
 from .errors import AsymbpError, unknown
 from .hardware import check_device_name
 from .methods import MethodSpec, parse_method
+from .optim import adam_betas
 
 # ---- the choices, typed once (used by check_config and by the command line) ------------------
 
@@ -415,17 +416,8 @@ def parse_feedback_weight_decay(text: str | None) -> tuple[float, float] | None:
 
 
 def parse_betas(value: str | tuple | list) -> tuple[float, float]:
-    """"0.9,0.999" or (0.9, 0.999) -> (β1, β2), each in [0, 1)."""
-    try:
-        parts = value.split(",") if isinstance(value, str) else list(value)
-        b1, b2 = (float(b) for b in parts)
-    except (TypeError, ValueError):
-        raise AsymbpError(f"bad Adam betas {value!r}; expected two numbers 'B1,B2', e.g. "
-                          "'0.9,0.999'") from None
-    if not (0 <= b1 < 1 and 0 <= b2 < 1):
-        raise AsymbpError(f"Adam's betas must be in [0, 1), got ({b1}, {b2}); e.g. "
-                          "'0.9,0.999'")
-    return b1, b2
+    """"0.9,0.999" or (0.9, 0.999) -> (β1, β2), each in [0, 1) (the rule of `optim.Adam`)."""
+    return adam_betas(value)
 
 
 def parse_milestones(text: str | None, what: str = "lr") -> list[tuple[int, float]] | None:

@@ -132,6 +132,20 @@ class BatchManhattan(Optimizer):
 # ---- Adam, for BioTorch's protocols (DESIGN §9a) ----------------------------------------------
 
 
+def adam_betas(value: str | tuple | list) -> tuple[float, float]:
+    """"0.9,0.999" or (0.9, 0.999) -> (β1, β2), each in [0, 1); else the one-line error."""
+    try:
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        b1, b2 = (float(b) for b in parts)
+    except (TypeError, ValueError):
+        raise AsymbpError(f"bad Adam betas {value!r}; expected two numbers 'B1,B2', e.g. "
+                          "'0.9,0.999'") from None
+    if not (0 <= b1 < 1 and 0 <= b2 < 1):
+        raise AsymbpError(f"Adam's betas must be in [0, 1), got ({b1}, {b2}); e.g. "
+                          "'0.9,0.999'")
+    return b1, b2
+
+
 class Adam(torch.optim.Adam):
     """Adam (Kingma & Ba 2015) exactly as `torch.optim.Adam` computes it, BioTorch's optimizer.
 
@@ -155,14 +169,7 @@ class Adam(torch.optim.Adam):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0):
         _check(lr, 0.0, weight_decay)
-        try:
-            b1, b2 = (float(b) for b in betas)
-        except (TypeError, ValueError):
-            raise AsymbpError(f"Adam's betas must be two numbers (β1, β2), got {betas!r}; "
-                              "e.g. (0.9, 0.999)") from None
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise AsymbpError(f"Adam's betas must be in [0, 1), got ({b1}, {b2}); e.g. "
-                              "(0.9, 0.999)")
+        b1, b2 = adam_betas(betas)
         if not eps >= 0:
             raise AsymbpError(f"Adam's eps must be >= 0, got {eps}")
         super().__init__(params, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay)
