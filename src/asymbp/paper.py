@@ -3,7 +3,8 @@
 `published(experiment)` returns the paper's table as a DataFrame (rows: dataset keys, columns:
 method strings, values: error %). BioTorch's tables (`biotorch-*`) are here too: their rows are
 dataset keys or, for CIFAR-10, (model, optimizer) labels such as "ResNet-20 Adam"; their columns
-BioTorch's method names (BP, FA, DFA, uSF, brSF, frSF). `PAPER_DATASETS` maps the paper's row
+BioTorch's method names (BP, FA, DFA, uSF, brSF, frSF). Li & Benna 2024's experiments
+(`UNPUBLISHED`) have a caption and columns, no numbers. `PAPER_DATASETS` maps the paper's row
 names to dataset keys.
 
 pandas is imported inside `published` only: `asymbp.data` reads `PAPER_DATASETS` for its
@@ -56,6 +57,44 @@ TABLES = {
 # BioTorch's dataset names -> asymbp keys
 BIOTORCH_DATASETS = {"MNIST": "mnist", "Fashion-MNIST": "fashion-mnist"}
 
+# Datasets that stand in for a row of the tables (not the same data): mnist5k for MNIST. A sweep
+# runs a stand-in under its row's protocol; a table compares it with that row's numbers.
+STAND_INS = {"mnist5k": "mnist"}
+
+# Li & Benna 2024 (PFA) publish curves, not tables: their experiments have a caption and columns
+# but no numbers. The methods of their MNIST and CIFAR-10 figures, of ImageNet's, and of the
+# sparse-feedback figure with its feedback densities (`b_conn_density`).
+PFA_METHODS = ["BP", "FA", "DFA", "uSF", "PFA", "PFA-o"]
+PFA_IMAGENET_METHODS = ["BP", "uSF", "PFA", "PFA-o"]
+SPARSE_METHODS = ["FA", "DFA", "uSF", "PFA"]
+DENSITIES = (0.05, 0.1, 0.17, 0.3, 0.5, 1.0)
+
+
+def density_column(method: str, density: float) -> str:
+    """The column of `method` with feedback density `density`: "FA d=0.05"."""
+    return f"{method} d={density:g}"
+
+
+UNPUBLISHED = {
+    "pfa-mnist": ("Li & Benna 2024: MNIST, 784-512-512-10, SGD", PFA_METHODS),
+    "pfa-mnist-sparse": ("Li & Benna 2024: MNIST, 784-512-512-10, sparse feedback (d: the "
+                         "fraction of feedback connections kept)",
+                         [density_column(m, d) for m in SPARSE_METHODS for d in DENSITIES]),
+    "pfa-cifar10": ("Li & Benna 2024: CIFAR-10, ResNet-20, SGD", PFA_METHODS),
+    "pfa-imagenet": ("Li & Benna 2024: ImageNet, ResNet-18, SGD", PFA_IMAGENET_METHODS),
+}
+NO_NUMBERS_NOTE = ("Li & Benna 2024 publish curves, not a table: there are no published "
+                   "numbers to show beside ours")
+
+
+def caption(experiment: str) -> str:
+    """The table's caption: the paper's, BioTorch's or Li & Benna's experiment."""
+    if experiment in UNPUBLISHED:
+        return UNPUBLISHED[experiment][0]
+    if experiment not in TABLES:
+        raise unknown("experiment", experiment, [*TABLES, *UNPUBLISHED])
+    return TABLES[experiment][1]
+
 
 def row_label(model: str, optimizer: str) -> str:
     """A (model, optimizer) row of BioTorch's CIFAR-10 table as one label: "ResNet-20 Adam"."""
@@ -97,4 +136,6 @@ EXTRA_COLUMNS = {"biotorch-cifar10": ["sSF+WN"]}
 
 def columns(experiment: str) -> list[str]:
     """The experiment's method columns, in the paper's order (then any extra ones)."""
+    if experiment in UNPUBLISHED:
+        return list(UNPUBLISHED[experiment][1])
     return list(published(experiment).columns) + EXTRA_COLUMNS.get(experiment, [])

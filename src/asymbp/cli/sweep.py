@@ -6,12 +6,14 @@ import sys
 
 from ..errors import AsymbpError
 
-HELP = "run an experiment of the paper (A, B1, B2, C1, C2, BM) or a methods x datasets grid"
+HELP = ("run an experiment of the paper (A, B1, B2, C1, C2, BM), BioTorch's or Li & Benna's "
+        "(biotorch-*, pfa-*), or a methods x datasets grid")
 
 EPILOG = """examples:
   asymbp sweep --experiment A --datasets mnist5k --epochs 65 --db results.db
   asymbp sweep --experiment A --datasets mnist5k --epochs 2 --lr-mults 10,1 --db quick.db
   asymbp sweep --methods "uSF+BN+BM,RndF+BN" --datasets mnist5k,mnist1d --seeds 1-3 --db grid.db
+  asymbp sweep --experiment pfa-mnist-sparse --datasets mnist5k --epochs 3 --seeds 1,2 --db pfa.db
 Running the same command again skips finished runs and resumes unfinished ones."""
 
 
@@ -33,7 +35,7 @@ def add_parser(sub) -> None:
                    help="learning-rate multipliers of every cell (default: "
                         f"{','.join(f'{k:g}' for k in LR_MULTS)}; BioTorch's experiments: 1)")
     p.add_argument("--seeds", help="seeds of every cell: 1 or 1,2,3 or 1-5 (default: "
-                                   f"{','.join(map(str, SEEDS))})")
+                                   f"{','.join(map(str, SEEDS))}; Li & Benna's pfa-*: 1-5)")
     p.add_argument("--db", default="results.db", help="results database (default: %(default)s)")
     p.add_argument("--workers", type=int, default=None,
                    help="runs at once (default: the number of cores, local; the cluster's CPUs, "
@@ -62,7 +64,9 @@ def plan_from_args(args):
                 # None: the experiment's own (BioTorch's: 1, an absolute lr), else LR_MULTS
                 lr_mults=None if args.lr_mults is None else parse_floats(
                     args.lr_mults, "learning-rate multiplier", LR_MULTS),
-                seeds=parse_seeds(args.seeds), base=config_from_args(args))
+                # None: the experiment's own (Li & Benna's: 1-5), else SEEDS
+                seeds=None if args.seeds is None else parse_seeds(args.seeds),
+                base=config_from_args(args))
 
 
 def run(args) -> int:

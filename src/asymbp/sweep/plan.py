@@ -27,6 +27,8 @@ from .. import data, models
 from ..config import NOT_IN_KEY, PER_RUN, TrainConfig, check_config
 from ..errors import AsymbpError, unknown
 from ..methods import parse_method
+from ..paper import (DENSITIES, PFA_IMAGENET_METHODS, PFA_METHODS, SPARSE_METHODS,
+                     density_column)
 from ..registry import Registry
 
 # The paper's five learning-rate multipliers k (base = 5e-4 × k), DESIGN §6.
@@ -60,6 +62,8 @@ class Experiment:
     rows: dict = field(default_factory=dict)
     base: dict = field(default_factory=dict)
     lr_mults: tuple | None = None
+    # The seeds of every cell unless a sweep gives its own (Li & Benna's: 1-5; else SEEDS).
+    seeds: tuple | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -73,6 +77,28 @@ class Experiment:
         from ..paper import published
 
         return list(self.rows) or list(published(self.key).index)
+
+    def row_for(self, dataset: str) -> str:
+        """The row whose protocol a sweep's `dataset` runs under: the row of that label, else
+        the one row of that dataset key (or of the key it stands in for: mnist5k runs the
+        mnist row), else the only row there is; the one-line error when there is none or the
+        choice is ambiguous."""
+        from ..paper import STAND_INS
+
+        if dataset in self.rows:
+            return dataset
+        key = dataset if dataset.startswith("npz:") else data.DATASETS.canonical(dataset) \
+            if dataset.lower() in {k.lower() for k in data.DATASETS} else None
+        hits = [r for r, c in self.rows.items()
+                if key is not None and c.get("dataset", r) in (key, STAND_INS.get(key))]
+        if not hits and key is not None and len(self.rows) == 1:
+            hits = list(self.rows)
+        if len(hits) != 1:
+            raise unknown(f"row of experiment {self.key}", dataset, list(self.rows),
+                          "or a dataset key that one of its rows runs, e.g. mnist5k for mnist"
+                          if len(hits) == 0 else f"{dataset} is the dataset of several rows; "
+                          "give their labels")
+        return hits[0]
 
     def config(self, column: str, row: str) -> dict:
         """The config of the cell (column, row) before the per-run fields: the experiment's
@@ -106,13 +132,16 @@ register("C2")
 register("BM")
 
 
-def register_biotorch(key: str, rows: dict, base: dict, columns: dict) -> Experiment:
-    """Register one of BioTorch's tables (asymbp.paper.TABLES) as an experiment; a sweep's
-    learning rate is then absolute (base_lr in `base`, one multiplier 1)."""
-    from ..paper import TABLES
+def register_biotorch(key: str, rows: dict, base: dict, columns: dict,
+                      seeds: tuple | None = None) -> Experiment:
+    """Register an experiment with its own protocol: one of BioTorch's tables or Li & Benna's
+    experiments (asymbp.paper.TABLES, UNPUBLISHED); a sweep's learning rate is then absolute
+    (base_lr in `base`, one multiplier 1); `seeds`: the cells' own (default: SEEDS)."""
+    from ..paper import caption
 
-    return EXPERIMENTS.register(key, Experiment(key, TABLES[key][1], column_configs=columns,
-                                                rows=rows, base=base, lr_mults=(1.0,)))
+    return EXPERIMENTS.register(key, Experiment(key, caption(key), column_configs=columns,
+                                                rows=rows, base=base, lr_mults=(1.0,),
+                                                seeds=seeds))
 
 
 # BioTorch's methods with its scaled definitions (asymbp.feedback's scheme options): FA's V is
@@ -162,6 +191,73 @@ register_biotorch(
               epochs=250, lr_milestones="100:0.1,150:0.1,200:0.1", weight_decay=1e-4,
               loss="mean", init="xavier", bn_stats="running"),
     columns={**BIOTORCH_COLUMNS, "sSF+WN": {"method": "sSF+WN"}})
+
+
+# ---- Li & Benna 2024 (PFA): shared/paper/README.md, from their code's exp_configs -------------
+# Every run 5 seeds, Xavier init, BioTorch's scaled uSF and Xavier FA, BioTorch's DFA, PFA with
+# expansion alpha = 10 (the PFA scheme's default) and PFA-o (alpha = 1, orthogonal B: the PFA-o
+# scheme's defaults).
+#
+# The weight decay "0.03 in the first epoch, x0.003 after": in their code (a BioTorch fork,
+# benchmark/wd_schedulers.py, MultiStepWD with milestones [0]) it is the optimizer's weight
+# decay, multiplied by gamma in every parameter group after the first epoch: the decay of ALL
+# weights (W, the biases and PFA's learned R alike), not only of the feedback. So it maps onto
+# weight_decay=0.03 with wd_milestones "1:0.003" (3e-2 x 3e-3 = 9e-5 after, about the 1e-4 of
+# the other methods), and feedback_weight_decay (the learned feedback's decay alone) stays
+# unset. CIFAR-10: 5e-3, then x0.02 (= 1e-4); ImageNet (their exp_configs, not in the README):
+# 5e-4, then x0.2 (= 1e-4).
+PFA_SEEDS = (1, 2, 3, 4, 5)
+
+
+def _pfa_columns(methods, first_decay: float, gamma: float, density: float | None = None,
+                 label=lambda m: m) -> dict:
+    """Li & Benna's columns: BioTorch's definitions of BP, FA, DFA, uSF (`BIOTORCH_COLUMNS`),
+    PFA and PFA-o with the large first-epoch weight decay; `density`: the fraction of
+    feedback connections kept (a scheme option), `label` the column's name."""
+    pfa_decay = {"weight_decay": first_decay, "wd_milestones": f"1:{gamma:g}"}
+    base = {**BIOTORCH_COLUMNS, "PFA": {"method": "PFA", **pfa_decay},
+            "PFA-o": {"method": "PFA-o", **pfa_decay}}
+    out = {}
+    for m in methods:
+        col = dict(base[m])
+        if density is not None:
+            col["scheme_options"] = {**col.get("scheme_options", {}), "density": float(density)}
+        out[label(m)] = col
+    return out
+
+
+# MNIST, 784-512-512-10 (mlp512): 40 epochs, batch 64, SGD lr 0.01 momentum 0.9, weight decay
+# 1e-4, lr x0.5 after epochs 20 and 30, the batch-mean loss; the test set validates, as
+# BioTorch's MNIST (the paper protocol: the best test error over epochs).
+_PFA_MNIST_BASE = dict(model="mlp512", base_lr=0.01, momentum=0.9, weight_decay=1e-4,
+                       batch_size=64, epochs=40, lr_milestones="20:0.5,30:0.5", loss="mean",
+                       init="xavier", protocol="paper")
+register_biotorch("pfa-mnist", rows={"mnist": {"dataset": "mnist"}}, base=_PFA_MNIST_BASE,
+                  columns=_pfa_columns(PFA_METHODS, 0.03, 0.003), seeds=PFA_SEEDS)
+# The same with sparse feedback: FA, DFA, uSF, PFA at each density (for PFA, of B).
+register_biotorch(
+    "pfa-mnist-sparse", rows={"mnist": {"dataset": "mnist"}}, base=_PFA_MNIST_BASE,
+    columns={c: cfg for d in DENSITIES for c, cfg in _pfa_columns(
+        SPARSE_METHODS, 0.03, 0.003, density=d,
+        label=lambda m, d=d: density_column(m, d)).items()},
+    seeds=PFA_SEEDS)
+# CIFAR-10, ResNet-20: BioTorch's SGD protocol (the ResNet-20 SGD row of biotorch-cifar10);
+# PFA, PFA-o: weight decay 5e-3 in the first epoch, 1e-4 after.
+register_biotorch(
+    "pfa-cifar10", rows={"ResNet-20 SGD": _cifar_rows()["ResNet-20 SGD"]},
+    base=EXPERIMENTS["biotorch-cifar10"].base,
+    columns=_pfa_columns(PFA_METHODS, 5e-3, 0.02), seeds=PFA_SEEDS)
+# ImageNet, ResNet-18: BioTorch's ImageNet protocol (batch 256, 75 epochs, SGD lr 0.1 /10 after
+# 20, 40, 60, momentum 0.9, weight decay 1e-4, random-resized crop + flip; ImageNet's
+# validation set is the test, as BioTorch's: the paper protocol); BN affine for every method.
+register_biotorch(
+    "pfa-imagenet",
+    rows={"imagenet": {"dataset": "imagenet", "model": "resnet18", "base_lr": 0.1,
+                       "momentum": 0.9, "method_parts": "BN", "bn_affine": "all"}},
+    base=dict(batch_size=256, epochs=75, lr_milestones="20:0.1,40:0.1,60:0.1",
+              weight_decay=1e-4, augment="resized-crop-flip", loss="mean", init="xavier",
+              bn_stats="running", protocol="paper"),
+    columns=_pfa_columns(PFA_IMAGENET_METHODS, 5e-4, 0.2), seeds=PFA_SEEDS)
 
 
 def get(key: str) -> Experiment:
@@ -270,7 +366,7 @@ def cell(method: str, dataset: str, seeds: Iterable[int] = SEEDS, lr_mults=LR_MU
 
 
 def plan(experiment: str | None = None, methods: list[str] | None = None,
-         datasets: list[str] | None = None, lr_mults=None, seeds=SEEDS,
+         datasets: list[str] | None = None, lr_mults=None, seeds=None,
          base: dict | None = None) -> list[RunSpec]:
     """Every run of an experiment or grid, validated.
 
@@ -278,8 +374,10 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
         experiment: A, B1, B2, C1, C2, BM; None for a user grid (then `methods` and `datasets`
             are required).
         methods: with an experiment, a subset of its columns; else the grid's methods.
-        datasets: dataset keys (default for an experiment: the paper's datasets).
-        lr_mults, seeds: each cell's runs (lr_mults default: the experiment's, else LR_MULTS).
+        datasets: dataset keys (default for an experiment: the paper's datasets); for an
+            experiment with rows (BioTorch's, Li & Benna's), row labels, or dataset keys that
+            run under a row's protocol (`Experiment.row_for`: mnist5k under the mnist row's).
+        lr_mults, seeds: each cell's runs (default: the experiment's, else LR_MULTS, SEEDS).
         base: `TrainConfig` fields shared by every run (epochs, model, protocol, ...); for an
             experiment with its own protocol (BioTorch's), only the fields that differ from
             TrainConfig's defaults override it (the command line gives every field).
@@ -298,6 +396,7 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
         if exp.base:
             base = {k: v for k, v in base.items() if v != _defaults().get(k)}
         lr_mults = exp.lr_mults if lr_mults is None and exp.lr_mults else lr_mults
+        seeds = exp.seeds if seeds is None and exp.seeds else seeds
         if methods:
             valid = exp.columns
             for m in methods:
@@ -312,16 +411,19 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
             raise AsymbpError("give --experiment (A, B1, B2, C1, C2, BM) or both --methods and "
                               "--datasets for a grid")
     lr_mults = LR_MULTS if lr_mults is None else lr_mults
+    seeds = SEEDS if seeds is None else seeds
+    row_of = {}  # a table row (a row label, or a dataset key) -> the experiment's row it runs
     if exp is not None and exp.rows:
         for d in datasets:
-            if d not in exp.rows:
-                raise unknown(f"row of experiment {exp.key}", d, list(exp.rows))
+            row = exp.row_for(d)
+            row_of[d if d == row else data.check_key(d)] = row
     for m in methods:
         if exp is None or m not in exp.column_configs:
             parse_method(m)
     # Names as registered (`MNIST` is `mnist`): one run, one key, however it was typed; an
     # experiment's own rows (BioTorch's model x optimizer) are its names already.
     datasets = [d if exp is not None and d in exp.rows else data.check_key(d) for d in datasets]
+    datasets = [d for d in datasets if not row_of or d in row_of]
     if base.get("model") is not None:
         base["model"] = models.MODELS.canonical(base["model"])
     lr_mults, seeds = _numbers(lr_mults, "learning-rate multiplier"), _numbers(seeds, "seed")
@@ -341,7 +443,9 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
             for proc, overrides in {"": {}, **procedures.get(m, {})}.items():
                 for k in lr_mults:
                     for s in seeds:
-                        cell_cfg = exp.config(m, d) if exp is not None else {}
+                        cell_cfg = exp.config(m, row_of.get(d, d)) if exp is not None else {}
+                        if row_of.get(d, d) != d:  # a dataset under its row's protocol
+                            cell_cfg["dataset"] = d
                         cfg = {"dataset": d, "method": m, **cell_cfg, **base, **overrides,
                                "lr_mult": k, "seed": s}
                         run = RunSpec(label, m, d, k, s, proc, cfg)
