@@ -14,7 +14,8 @@ The modules, each importing only those above it:
 """
 
 from ..config import PROTOCOLS
-from .cells import CELL_COLUMNS, cell_run, cell_values, check_protocol, pick_run
+from .cells import (CELL_COLUMNS, SEED_COLUMNS, STATS_COLUMNS, cell_run, cell_stats, cell_values,
+                    check_protocol, pick_run, seed_values)
 from .page import report_html, write_report
 from .render import (COLOURS, FORMATS, LATEX_COLOURS, check_out_folder, header, render, to_csv,
                      to_html, to_latex, to_markdown, write_out)
@@ -25,10 +26,11 @@ from .tables import (DIVERGED, HIGHLIGHT_POINTS, LEGEND, MARK, MISSING, PAPER_RO
 __all__ = [
     "CELL_COLUMNS", "COLOURS", "DIVERGED", "FORMATS", "HIGHLIGHT_POINTS", "LATEX_COLOURS",
     "LEGEND", "MARK", "MISSING", "PAPER_ROW", "PARTIAL", "PROTOCOLS", "PROTOCOL_TEXT",
-    "STAND_IN_NOTES", "baseline_of", "cell_run", "cell_values", "check_out_folder",
-    "check_protocol", "dataset_order", "experiments_in", "header", "highlights", "load_runs",
-    "methods_order", "paper_row", "pick_run", "render", "report_html", "table", "to_csv",
-    "to_html", "to_latex", "to_markdown", "write_out", "write_report",
+    "SEED_COLUMNS", "STAND_IN_NOTES", "STATS_COLUMNS", "baseline_of", "cell_run",
+    "cell_stats", "cell_values", "check_out_folder", "check_protocol", "dataset_order",
+    "experiments_in", "header", "highlights", "load_runs", "methods_order", "paper_row",
+    "pick_run", "render", "report_html", "seed_values", "table", "to_csv", "to_html",
+    "to_latex", "to_markdown", "write_out", "write_report",
 ]
 
 

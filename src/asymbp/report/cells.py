@@ -28,6 +28,11 @@ from ..errors import AsymbpError, unknown
 
 CELL_COLUMNS = ["experiment", "dataset", "method", "value", "std", "n_seeds", "n_runs",
                 "n_finished", "n_diverged", "n_failed", "status"]
+SEED_COLUMNS = ["experiment", "dataset", "method", "seed", "value", "run_key"]
+STATS_COLUMNS = ["experiment", "dataset", "method", "mean", "std", "n"]
+# The number a cell shows per seed: the protocol's (best or honest test error of the picked
+# run), or the picked run's final test error (Li & Benna's density figure: the last epoch).
+NUMBERS = ("protocol", "final")
 
 
 # The run column a protocol picks a run by (the lowest wins), and the run's number it reports.
@@ -57,10 +62,46 @@ def pick_run(runs: pd.DataFrame, protocol: str) -> pd.Series | None:
     return runs.iloc[int(np.nanargmin(by))]
 
 
-def _seed_value(runs: pd.DataFrame, protocol: str) -> float:
+def _seed_value(runs: pd.DataFrame, protocol: str, number: str = "protocol") -> float:
     """The cell's value for one seed from its finished, non-diverged runs."""
     best = pick_run(runs, protocol)
-    return math.nan if best is None else float(best[VALUE_OF[protocol]])
+    column = VALUE_OF[protocol] if number == "protocol" else "test_error"
+    return math.nan if best is None else float(best[column])
+
+
+def seed_values(runs_df: pd.DataFrame, protocol: str = "paper", experiment: str | None = None,
+                number: str = "protocol") -> pd.DataFrame:
+    """One row per (experiment, dataset, method, seed) with a value: the number of the run that
+    `pick_run` picks among the seed's finished, non-diverged runs (`number`: "protocol", the
+    protocol's test error, as the tables; "final", that run's last-epoch test error), and its
+    run_key. Seeds whose runs all diverged or are unfinished have no row."""
+    if number not in NUMBERS:
+        raise unknown("cell number", number, NUMBERS)
+    df = runs_df if "experiment" in runs_df else runs_df.assign(experiment="")
+    if experiment is not None:
+        df = df[df["experiment"] == experiment]
+    check_protocol(protocol, df)
+    rows = []
+    ok = df[df["status"] == "done"]
+    for (exp, dataset, method, seed), runs in ok.groupby(
+            ["experiment", "dataset", "method", "seed"], sort=False):
+        best = pick_run(runs, protocol)
+        v = _seed_value(runs, protocol, number)
+        if best is not None and math.isfinite(v):
+            rows.append({"experiment": exp, "dataset": dataset, "method": method,
+                         "seed": int(seed), "value": v, "run_key": best["run_key"]})
+    return pd.DataFrame(rows, columns=SEED_COLUMNS)
+
+
+def cell_stats(runs_df: pd.DataFrame, protocol: str = "paper", experiment: str | None = None,
+               number: str = "protocol") -> pd.DataFrame:
+    """Mean ± std over seeds per cell (`seed_values` aggregated): columns experiment, dataset,
+    method, mean, std (the sample std, ddof=1; NaN for one seed), n (the seeds with a value).
+    With `number="protocol"`, `mean` is `cell_values`' value."""
+    per_seed = seed_values(runs_df, protocol, experiment, number)
+    g = per_seed.groupby(["experiment", "dataset", "method"], sort=False)["value"]
+    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
+    return out[STATS_COLUMNS]
 
 
 def cell_run(runs: pd.DataFrame, dataset: str, method: str, protocol: str = "paper",

@@ -126,12 +126,12 @@ def _experiment_html(x: str, runs: pd.DataFrame, exps: list[str], epochs: pd.Dat
     figures, each of the protocol the page's figures use."""
     import matplotlib.pyplot as plt  # matplotlib: only when a page is drawn
 
-    from .plots import (alignment_grid, c2_bars, flip_probability, has_flip_data,
-                        learning_curves_grid, paper_heatmap)
+    from .plots import (alignment_grid, c2_bars, density_curve, flip_probability, has_flip_data,
+                        learning_curves_grid, paper_heatmap, pfa_alignment)
 
     e = html.escape
     xr = runs[runs["experiment"] == x]
-    title_x = P.TABLES[x][1] if x in P.TABLES else "User grid"
+    title_x = "User grid" if x == "grid" else P.caption(x)
     body = [f'<h2 id="exp-{e(x)}">{e(title_x)}</h2>']
 
     def add(fig, caption):
@@ -161,13 +161,31 @@ def _experiment_html(x: str, runs: pd.DataFrame, exps: list[str], epochs: pd.Dat
             add(c2_bars(runs, d, protocol=FIGURE_PROTOCOL),
                 f"Experiment C2 on {d}: bottom (last layer random and frozen) against top "
                 "(all but the last).")
+    if x == "pfa-mnist-sparse":
+        for d in dataset_order(set(xr["dataset"])):
+            fig = density_curve(runs, d, protocol=FIGURE_PROTOCOL)
+            if fig is not None:
+                add(fig, f"{x} on {d}: final test error against the fraction of feedback "
+                         "connections kept, one line per method, mean ± std over seeds.")
     xe = epochs[epochs["experiment"] == x] if len(epochs) else epochs
     for d in dataset_order(set(xe["dataset"])) if len(xe) else []:
         add(learning_curves_grid(xe, d, methods=methods_order(x, xe, d)),
             f"Experiment {x} on {d}: test error (solid) and training error (dashed) per "
             "epoch, one line per learning-rate multiplier.")
     xa = alignment[alignment["experiment"] == x] if len(alignment) else alignment
-    for d in dataset_order(set(xa["dataset"])) if len(xa) else []:
+    for d in dataset_order(set(xa["dataset"])) if x in P.UNPUBLISHED and len(xa) else []:
+        shown = methods_order(x, xa, d)
+        if x == "pfa-mnist-sparse":  # 18 rows of panels are too many: the densest, sparsest
+            ends = {P.density_column(m, v) for m in P.SPARSE_METHODS
+                    for v in (min(P.DENSITIES), max(P.DENSITIES))}
+            shown = [m for m in shown if m in ends]
+        fig = pfa_alignment(xa, d, methods=shown)
+        if fig is not None:
+            add(fig, f"{x} on {d}: Li & Benna's measures per layer over training, the mean "
+                     "over seeds (band: ± std): the path alignment (the angle between W and "
+                     "V, for PFA V = B·R), the norm ratio ‖V‖/‖W‖, and the angle between the "
+                     "error signal and backprop's.")
+    for d in dataset_order(set(xa["dataset"])) if x not in P.UNPUBLISHED and len(xa) else []:
         fig = alignment_grid(xa, d, runs=xr, methods=methods_order(x, xa, d),
                                    protocol=FIGURE_PROTOCOL)
         if fig is not None:

