@@ -60,17 +60,17 @@ def to_markdown(t: pd.DataFrame) -> str:
 def to_csv(t: pd.DataFrame) -> str:
     """CSV of the numbers: per method its mean, std, seeds and status (and paper, Δ)."""
     a = t.attrs
-    out = pd.DataFrame(index=t.index)
+    cols = {}  # built whole, then one DataFrame (24 methods x 5 columns would fragment one)
     for m in a["value"].columns:
-        out[m] = a["value"][m].round(4)
-        out[f"{m} std"] = a["std"][m].round(4)
-        out[f"{m} seeds"] = a["n_seeds"][m]
-        out[f"{m} status"] = a["status"][m]
-        out[f"{m} highlight"] = a["highlight"][m]
+        cols[m] = a["value"][m].round(4)
+        cols[f"{m} std"] = a["std"][m].round(4)
+        cols[f"{m} seeds"] = a["n_seeds"][m]
+        cols[f"{m} status"] = a["status"][m]
+        cols[f"{m} highlight"] = a["highlight"][m]
         if a.get("published") is not None:
-            out[f"{m} paper"] = a["published"][m]
-            out[f"{m} diff"] = a["diff"][m].round(4)
-    return out.to_csv()
+            cols[f"{m} paper"] = a["published"][m]
+            cols[f"{m} diff"] = a["diff"][m].round(4)
+    return pd.DataFrame(cols, index=t.index).to_csv()
 
 
 def to_html(t: pd.DataFrame, caption: bool = True) -> str:
