@@ -2,11 +2,12 @@
 
 MNIST (pfa-mnist, pfa-mnist-sparse): one epoch of each column on mnist5k's 4 000 real training
 digits (its config, with the per-epoch alignment measures; the first epoch, warm-up, dropped),
-timed here, scaled to 60 000 digits, x 40 epochs x 5 seeds. (`--db`: also print the epoch
-times a sweep stored, which on a shared machine include whatever else was running.) CIFAR-10 (pfa-cifar10): one ResNet-20 training step at
-batch 128 per column, timed here with the experiment's own cell config (synthetic images of
-CIFAR's shape: the speed does not depend on the pixels), x 352 steps (45 000 / 128) x 250
-epochs x 5 seeds; evaluation is left out (a few percent).
+timed here, scaled to 60 000 digits, x 40 epochs x 5 seeds. (`--db`: also print the epoch times
+a sweep stored, which on a shared machine include whatever else was running.) CIFAR-10
+(pfa-cifar10): one ResNet-20 training step at batch 128 per column, timed here with the
+experiment's own cell config (synthetic images of CIFAR's shape: the speed does not depend on
+the pixels), x 352 steps (45 000 / 128) x 250 epochs x 5 seeds; evaluation is left out (a few
+percent).
 
     python benchmarks/pfa_projection.py --threads 1 [--db /work/results/pfa.db]
 

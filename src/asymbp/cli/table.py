@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..errors import AsymbpError
 
-HELP = "print one of the paper's tables (A, B1, B2, C1, C2, BM) from the results database"
+HELP = ("print one of the papers' tables (A, B1, B2, C1, C2, BM, biotorch-*, pfa-*) from the "
+        "results database")
 
 
 def add_parser(sub) -> None:
@@ -16,7 +17,8 @@ def add_parser(sub) -> None:
     p.add_argument("--experiment", required=True,
                    help="A, B1, B2, C1, C2, BM, biotorch-mnist, biotorch-cifar10 (BioTorch's "
                         "table; --protocol honest for its best-validation rule on CIFAR-10), "
-                        "or grid (a user grid of methods x datasets)")
+                        "pfa-mnist, pfa-mnist-sparse, pfa-cifar10, pfa-imagenet (Li & Benna's: "
+                        "no published numbers), or grid (a user grid of methods x datasets)")
     p.add_argument("--db", default="results.db", help="results database (default: %(default)s)")
     p.add_argument("--format", default="md", metavar="FORMAT",
                    help="md, csv, html or latex (default: %(default)s)")
