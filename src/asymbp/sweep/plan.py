@@ -87,8 +87,10 @@ class Experiment:
 
         if dataset in self.rows:
             return dataset
-        key = dataset if dataset.startswith("npz:") else data.DATASETS.canonical(dataset) \
-            if dataset.lower() in {k.lower() for k in data.DATASETS} else None
+        try:
+            key = data.check_key(dataset)
+        except AsymbpError:
+            key = None  # neither a row nor a dataset: the error below lists the rows
         hits = [r for r, c in self.rows.items()
                 if key is not None and c.get("dataset", r) in (key, STAND_INS.get(key))]
         if not hits and key is not None and len(self.rows) == 1:
