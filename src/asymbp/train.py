@@ -336,6 +336,12 @@ def honest_split(cfg: TrainConfig, ds: datasets.Dataset) -> tuple[np.ndarray, np
     perm = np.random.default_rng(cfg.data_seed + 7919).permutation(len(ds.y_train))
     if cfg.val_size is not None:
         n_val, given = cfg.val_size, f"val_size {cfg.val_size}"
+        full = datasets.synthetic_train_size(ds)
+        if full is not None and len(perm) < full:
+            # `--synthetic N` shrinks the training set: the split keeps the protocol's share
+            # (BioTorch's 5k of 50k is 10 % of N), so a smoke test of an experiment still runs
+            n_val = max(1, round(cfg.val_size * len(perm) / full))
+            given += f" scaled to the synthetic {len(perm)} of {full}"
     else:
         n_val = max(1, int(round(len(perm) * cfg.val_fraction)))
         given = f"val_fraction {cfg.val_fraction}"

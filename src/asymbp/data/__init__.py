@@ -28,9 +28,10 @@ from .base import (DATASETS, Dataset, DatasetInfo, check_key, data_root, dataset
 from . import idx, cifar, svhn, stl10, folders, flowers, timit, packaged  # noqa: F401,I001
 from .npz import load_npz
 from .synthetic import synthetic as make_synthetic
+from .synthetic import synthetic_train_size
 
 __all__ = ["DATASETS", "PAPER_ORDER", "Dataset", "DatasetInfo", "check_key", "data_root",
-           "dataset_keys", "load", "register", "validate"]
+           "dataset_keys", "load", "register", "synthetic_train_size", "validate"]
 
 # The paper's table order (DESIGN §7), then the packaged ones.
 PAPER_ORDER = list(PAPER_DATASETS.values())

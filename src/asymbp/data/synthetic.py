@@ -20,6 +20,14 @@ SHAPES = {
 }
 
 
+def synthetic_train_size(ds: Dataset) -> int | None:
+    """The real training-set size behind a synthetic dataset (what `--synthetic N` shrank),
+    None for real data."""
+    if not ds.meta.get("synthetic") or ds.key not in SHAPES:
+        return None
+    return SHAPES[ds.key][0]
+
+
 def synthetic(key: str, size: int = 0, seed: int = 0) -> Dataset:
     """Uniform [0, 1) images and uniform labels shaped like dataset `key`, seeded.
 
