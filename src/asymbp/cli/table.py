@@ -15,16 +15,17 @@ def add_parser(sub) -> None:
                        "more worse/better than the row's SGD, as in the paper.")
     p.add_argument("--experiment", required=True,
                    help="A, B1, B2, C1, C2, BM, biotorch-mnist, biotorch-cifar10 (BioTorch's "
-                        "table; --protocol honest for its best-validation rule on CIFAR-10), "
+                        "table, by its own rule: on CIFAR-10 the best-validation model), "
                         "or grid (a user grid of methods x datasets)")
     p.add_argument("--db", default="results.db", help="results database (default: %(default)s)")
     p.add_argument("--format", default="md", metavar="FORMAT",
                    help="md, csv, html or latex (default: %(default)s)")
     p.add_argument("--paper", action="store_true",
                    help="show the published value and ours - paper beside each cell")
-    p.add_argument("--protocol", default="paper", metavar="PROTOCOL",
+    p.add_argument("--protocol", default=None, metavar="PROTOCOL",
                    help="paper (best test error over epochs and multipliers) or honest "
-                        "(a validation split picks them) (default: %(default)s)")
+                        "(a validation split picks them) (default: the experiment's own: "
+                        "honest for biotorch-cifar10, else paper)")
     p.add_argument("--datasets", default=None, help="rows, comma-separated (default: all run)")
     p.add_argument("--methods", default=None,
                    help="columns, comma-separated (default: the paper's, in its order)")
