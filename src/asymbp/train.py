@@ -395,7 +395,8 @@ def augmenter(cfg: TrainConfig, tensors: Tensors
 
 def honest_split(cfg: TrainConfig, ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
     """(validation, training) indices of the training set under the honest protocol (seeded by
-    `data_seed`; `val_size` examples, or the `val_fraction` of them), None under the paper's;
+    `data_seed`; `val_size` examples, or the `val_fraction` of them; a `--synthetic` stand-in
+    holds out val_size's share of the real training set), None under the paper's;
     the one-line error when no training example is left (cheap: the command line checks it
     before a run starts)."""
     if cfg.protocol != "honest":
@@ -403,6 +404,9 @@ def honest_split(cfg: TrainConfig, ds: datasets.Dataset) -> tuple[np.ndarray, np
     perm = np.random.default_rng(cfg.data_seed + 7919).permutation(len(ds.y_train))
     if cfg.val_size is not None:
         n_val, given = cfg.val_size, f"val_size {cfg.val_size}"
+        full = getattr(ds, "meta", {}).get("stands_for")  # a synthetic stand-in's real size
+        if full and len(perm) < full:  # --synthetic N: the same share held out, at least one
+            n_val = max(1, round(cfg.val_size * len(perm) / full))
     else:
         n_val = max(1, int(round(len(perm) * cfg.val_fraction)))
         given = f"val_fraction {cfg.val_fraction}"

@@ -53,4 +53,5 @@ def synthetic(key: str, size: int = 0, seed: int = 0) -> Dataset:
 
     (x_tr, y_tr), (x_te, y_te) = split(n_train), split(n_test)
     return Dataset(key, x_tr, y_tr, x_te, y_te, classes, DATASETS[key].model,
-                   meta={"synthetic": True, "size": size, "seed": seed})
+                   meta={"synthetic": True, "size": size, "seed": seed,
+                         "stands_for": SHAPES[key][0]})
