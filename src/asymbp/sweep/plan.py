@@ -364,6 +364,10 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
                         cell_cfg = exp.config(m, d) if exp is not None else {}
                         cfg = {"dataset": d, "method": m, **cell_cfg, **base, **overrides,
                                "lr_mult": k, "seed": s}
+                        if cell_cfg.get("scheme_options") and base.get("scheme_options"):
+                            # --scheme-option adds to a column's options (BioTorch's scales)
+                            cfg["scheme_options"] = {**cell_cfg["scheme_options"],
+                                                     **base["scheme_options"]}
                         run = RunSpec(label, m, d, k, s, proc, cfg)
                         runs.setdefault(run.key, run)  # the same run twice is planned once
     # Every config is checked before the first run starts (cheap: no data is loaded): once per
