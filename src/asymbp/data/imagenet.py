@@ -165,13 +165,15 @@ def read_devkit(path: Path) -> tuple[list[str], np.ndarray]:
         raise CorruptData(f"{path}: corrupt or truncated archive ({type(err).__name__}: {err}); "
                           f"copy the original {DEVKIT} again") from None
     import scipy.io
+    from scipy.io.matlab import MatReadError
 
     try:
         synsets = scipy.io.loadmat(io.BytesIO(meta_bytes), squeeze_me=True)["synsets"]
         ids = np.atleast_1d(synsets["ILSVRC2012_ID"]).astype(np.int64)
         names = [str(w) for w in np.atleast_1d(synsets["WNID"])]
         leaf = np.atleast_1d(synsets["num_children"]).astype(np.int64) == 0
-    except (ValueError, KeyError, TypeError, IndexError) as err:
+    except (MatReadError, ValueError, KeyError, TypeError, IndexError,
+            NotImplementedError) as err:  # NotImplementedError: a MATLAB v7.3 (HDF5) file
         raise CorruptData(f"{path}: {META} is not the devkit's synset table ({err}); copy the "
                           f"original {DEVKIT} again") from None
     id_to_wnid = {int(i): n for i, n, is_leaf in zip(ids, names, leaf) if is_leaf}
