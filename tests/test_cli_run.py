@@ -88,7 +88,7 @@ def _bad_npz(tmp_path, kind):
 BAD = [
     (["--method", "uSF+XX"], "XX"),
     (["--method", "quux"], "uSF"),
-    (["--dataset", "imagenet"], "mnist5k"),
+    (["--dataset", "imagenet22k"], "mnist5k"),
     (["--model", "vgg"], "resnet20"),
     (["--lr-mult", "0"], "multiplier"),
     (["--lr-mult", "-1"], "multiplier"),
