@@ -384,3 +384,40 @@ def test_streamed_options_that_do_not_apply_are_refused(ilsvrc):
                   data=ds)
     assert isinstance(ds.images("train", None, seed=1, device="cpu", workers=0),
                       StreamedImages)
+
+
+def test_biotorch_imagenet_is_its_protocol_and_its_table(capsys):
+    import pandas as pd
+
+    from asymbp import paper, report
+    from asymbp.methods import parse_method
+    from asymbp.sweep.plan import EXPERIMENTS, plan
+
+    exp = EXPERIMENTS["biotorch-imagenet"]
+    assert exp.datasets == ["ResNet-18"]
+    assert exp.columns == ["BP", "FA", "DFA", "uSF", "brSF", "frSF", "sSF+WN"]
+    runs = {r.method: r.config for r in plan("biotorch-imagenet")}
+    assert len(runs) == 7
+    for col, c in runs.items():
+        spec = parse_method(c["method"])
+        assert spec.bn and c["bn_affine"] == "all" and c["bn_stats"] == "running"
+        assert (c["dataset"], c["model"], c["batch_size"], c["epochs"], c["loss"], c["init"]) == (
+            "imagenet", "resnet18", 256, 75, "mean", "xavier")
+        assert (c["augment"], c["protocol"], c["val_size"], c["weight_decay"]) == (
+            "resized-crop-flip", "honest", 10_000, 1e-4)
+        assert c["lr_milestones"] == "20:0.1,40:0.1,60:0.1" and c["lr_mult"] == 1.0
+        # DFA: Adam at 1e-3 (BioTorch's per-method override), every other column SGD at 0.1
+        assert (spec.update, c["base_lr"]) == (("Adam", 1e-3) if col == "DFA" else ("SGD", 0.1))
+    assert runs["FA"]["scheme_options"] == {"init": "xavier"}
+    table = paper.published("biotorch-imagenet")
+    assert table.loc["ResNet-18", "BP"] == 30.39 and table.loc["ResNet-18", "frSF"] == 36.5
+    rows = pd.DataFrame([{"run_key": "r1", "experiment": "biotorch-imagenet", "method": "BP",
+                          "dataset": "ResNet-18", "lr_mult": 1.0, "seed": 1, "status": "done",
+                          "best_test_error": 31.0, "val_error": math.nan,
+                          "honest_test_error": math.nan, "config": {"epochs": 75}}])
+    t = report.table(rows, "biotorch-imagenet", paper=True)
+    assert t.loc["ResNet-18", ("BP", "paper")] == "30.39"
+    assert t.loc["ResNet-18", ("BP", "Δ")] == "+0.61"
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    assert "biotorch-imagenet" in capsys.readouterr().out
