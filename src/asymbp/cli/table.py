@@ -14,8 +14,9 @@ def add_parser(sub) -> None:
                        "(mean ± std over seeds); ▲/▼ (yellow/blue) mark cells 3 points or "
                        "more worse/better than the row's SGD, as in the paper.")
     p.add_argument("--experiment", required=True,
-                   help="A, B1, B2, C1, C2, BM, biotorch-mnist, biotorch-cifar10 (BioTorch's "
-                        "table; --protocol honest for its best-validation rule on CIFAR-10), "
+                   help="A, B1, B2, C1, C2, BM, biotorch-mnist, biotorch-cifar10, "
+                        "biotorch-imagenet (BioTorch's table; --protocol honest for its "
+                        "best-validation rule on CIFAR-10 and a held-out ImageNet split), "
                         "or grid (a user grid of methods x datasets)")
     p.add_argument("--db", default="results.db", help="results database (default: %(default)s)")
     p.add_argument("--format", default="md", metavar="FORMAT",

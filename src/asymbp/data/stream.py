@@ -237,10 +237,9 @@ class StreamedImages:
         import torch
         from torch.utils.data import DataLoader
 
-        keys = [[(train, epoch, int(self.idx[p])) for p in self._positions(b)]
-                for b in positions]
-        if not keys:
+        if not len(positions):
             return
+        keys = _Keys(self, positions, train, epoch)
         pin = getattr(self.device, "type", str(self.device)) == "cuda"
         loader = DataLoader(self.examples, batch_sampler=keys, num_workers=self.workers,
                             pin_memory=pin, persistent_workers=False)
@@ -260,3 +259,19 @@ class StreamedImages:
         if isinstance(pos, slice):
             return np.arange(len(self.idx))[pos]
         return np.asarray(pos.cpu() if hasattr(pos, "cpu") else pos).reshape(-1)
+
+
+class _Keys:
+    """The loader's batch sampler: each mini-batch's keys (train, epoch, index), made as the
+    loader asks for them (an epoch of ImageNet is 1.28 M keys: never a list of them all)."""
+
+    def __init__(self, images: StreamedImages, positions: list, train: bool, epoch: int):
+        self.images, self.positions, self.train, self.epoch = images, positions, train, epoch
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __iter__(self):
+        idx = self.images.idx
+        for b in self.positions:
+            yield [(self.train, self.epoch, int(idx[p])) for p in self.images._positions(b)]
