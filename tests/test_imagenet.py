@@ -421,3 +421,32 @@ def test_biotorch_imagenet_is_its_protocol_and_its_table(capsys):
     with pytest.raises(SystemExit):
         main(["sweep", "--help"])
     assert "biotorch-imagenet" in capsys.readouterr().out
+
+
+def _labels_in_a_daemon(root, out):
+    ds = inet.load_imagenet(root, classes=None, crop=32, resize=36)
+    x = ds.images("train", None, seed=1, device="cpu", workers=2)
+    out.put([y.tolist() for _, y in x.batches([np.arange(4), np.arange(4, 12)], 1, True)])
+
+
+def test_a_sweep_worker_can_start_loader_workers(ilsvrc):
+    """A local sweep runs each run in a daemonic spawned process (asymbp.sweep.local), which
+    multiprocessing forbids children; the loader's workers start there all the same."""
+    import multiprocessing as mp
+
+    root, _ = ilsvrc
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    p = ctx.Process(target=_labels_in_a_daemon, args=(root, out), daemon=True)
+    p.start()
+    import queue
+
+    got = None
+    while got is None and (p.is_alive() or not out.empty()):
+        try:
+            got = out.get(timeout=1)
+        except queue.Empty:
+            pass
+    p.join(60)
+    ds = inet.load_imagenet(root, classes=None)
+    assert got == [ds.y_train[:4].tolist(), ds.y_train[4:12].tolist()] and p.exitcode == 0

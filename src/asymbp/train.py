@@ -54,9 +54,9 @@ from .optim import make_optimizer
 # TrainConfig is asymbp.config's, re-exported: `asymbp.train.TrainConfig` is public (DESIGN §9).
 __all__ = ["TrainConfig", "train", "lr_at", "paper_milestones", "at_milestones",
            "weight_decay_at", "batch_schedule", "feedback_weight_decay_at",
-           "prepare_data", "streamed_data", "epoch_batches", "resized", "resized_shape", "augmenter", "honest_split",
-           "build_model", "xavier_init_", "refresh_bn_stats", "evaluate", "error_rate",
-           "epoch_alignment", "summarize"]
+           "prepare_data", "streamed_data", "epoch_batches", "resized", "resized_shape",
+           "augmenter", "honest_split", "build_model", "xavier_init_", "refresh_bn_stats",
+           "evaluate", "error_rate", "epoch_alignment", "summarize"]
 
 
 # ---- the schedules ------------------------------------------------------------------------

@@ -243,7 +243,7 @@ class StreamedImages:
         pin = getattr(self.device, "type", str(self.device)) == "cuda"
         loader = DataLoader(self.examples, batch_sampler=keys, num_workers=self.workers,
                             pin_memory=pin, persistent_workers=False)
-        for xb, yb in loader:
+        for xb, yb in _started(loader):
             yield self.to_device(xb), yb.to(self.device, non_blocking=True)
 
     def __getitem__(self, pos):
@@ -259,6 +259,23 @@ class StreamedImages:
         if isinstance(pos, slice):
             return np.arange(len(self.idx))[pos]
         return np.asarray(pos.cpu() if hasattr(pos, "cpu") else pos).reshape(-1)
+
+
+def _started(loader):
+    """`iter(loader)`, its worker processes started even in a daemonic process (a sweep's
+    worker, `asymbp.sweep.local`), which multiprocessing forbids children: the flag is lifted
+    while they start. They are daemonic themselves and watch their parent, so they still end
+    with it."""
+    import multiprocessing as mp
+
+    me = mp.current_process()
+    if not (loader.num_workers and me.daemon):
+        return iter(loader)
+    me.daemon = False
+    try:
+        return iter(loader)
+    finally:
+        me.daemon = True
 
 
 class _Keys:
