@@ -14,8 +14,9 @@ def add_parser(sub) -> None:
                        "(mean ± std over seeds); ▲/▼ (yellow/blue) mark cells 3 points or "
                        "more worse/better than the row's SGD, as in the paper.")
     p.add_argument("--experiment", required=True,
-                   help="A, B1, B2, C1, C2, BM, biotorch-mnist, biotorch-cifar10 (BioTorch's "
-                        "table, by its own rule: on CIFAR-10 the best-validation model), "
+                   help="A, B1, B2, C1, C2, BM, biotorch-mnist, biotorch-cifar10, "
+                        "biotorch-imagenet (BioTorch's table, by its own rule: on CIFAR-10 "
+                        "and ImageNet the best-validation model), "
                         "or grid (a user grid of methods x datasets)")
     p.add_argument("--db", default="results.db", help="results database (default: %(default)s)")
     p.add_argument("--format", default="md", metavar="FORMAT",

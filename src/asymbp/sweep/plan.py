@@ -164,6 +164,26 @@ register_biotorch(
     columns={**BIOTORCH_COLUMNS, "sSF+WN": {"method": "sSF+WN"}})
 
 
+# BioTorch's ImageNet protocol (shared/paper/README.md): ResNet-18, batch 256, 75 epochs, SGD lr
+# 0.1 /10 at 20, 40, 60, momentum 0.9, weight decay 1e-4 (DFA: Adam lr 1e-3, the same steps),
+# random-resized crop 224 + flip, test resize 256 + centre crop 224 (the loader's, asymbp.data.
+# stream), the batch-mean loss, Xavier init, BN affine with running statistics. BioTorch picks
+# the model on ILSVRC's validation set, which is also its test set (ImageNet's test labels are
+# not public). Here the validation split is honest: 10 000 training images held out (about 10
+# per class, 0.8 % of the training set) pick the epoch, and the 50 000 ILSVRC validation images
+# are the test set. Every epoch's test error is recorded as well, so the same runs also give
+# BioTorch's own rule (best test error over epochs): `asymbp table --protocol paper`.
+register_biotorch(
+    "biotorch-imagenet",
+    rows={"ResNet-18": {"dataset": "imagenet", "model": "resnet18", "method_parts": "BN",
+                        "bn_affine": "all"}},
+    base=dict(protocol="honest", val_size=10_000, augment="resized-crop-flip", batch_size=256,
+              epochs=75, base_lr=0.1, momentum=0.9, lr_milestones="20:0.1,40:0.1,60:0.1",
+              weight_decay=1e-4, loss="mean", init="xavier", bn_stats="running"),
+    columns={**BIOTORCH_COLUMNS, "DFA": {"method": "DFA+Adam", "base_lr": 1e-3},
+             "sSF+WN": {"method": "sSF+WN"}})
+
+
 def get(key: str) -> Experiment:
     """The experiment `key` (case-insensitive), or the one-line error listing the valid ones."""
     return EXPERIMENTS[key]
@@ -344,6 +364,10 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
                         cell_cfg = exp.config(m, d) if exp is not None else {}
                         cfg = {"dataset": d, "method": m, **cell_cfg, **base, **overrides,
                                "lr_mult": k, "seed": s}
+                        if cell_cfg.get("scheme_options") and base.get("scheme_options"):
+                            # --scheme-option adds to a column's options (BioTorch's scales)
+                            cfg["scheme_options"] = {**cell_cfg["scheme_options"],
+                                                     **base["scheme_options"]}
                         run = RunSpec(label, m, d, k, s, proc, cfg)
                         runs.setdefault(run.key, run)  # the same run twice is planned once
     # Every config is checked before the first run starts (cheap: no data is loaded): once per
