@@ -252,9 +252,9 @@ def pack_problem(cfg: TrainConfig) -> str | None:
     differently).
     """
     spec = check_config(cfg)
-    from .feedback import SCHEMES
+    from .feedback import resolve
 
-    cls = SCHEMES[spec.scheme_name]
+    cls, _ = resolve(spec.scheme_name)  # brSF-25 is brSF
     if cls.direct:
         return f"scheme {cls.name} sends the output error to every layer directly"
     if cls.mirrored:
@@ -361,6 +361,8 @@ def train_packed(configs: list[TrainConfig | dict], *,
                       on_epoch=None if on_epoch is None else (lambda row, i=i: on_epoch(i, row)),
                       on_start=None if on_start is None else (lambda info, i=i: on_start(i, info)))
                 for i, (c, p) in enumerate(zip(cfgs, checkpoints))]
+    if log is not None:
+        log(f"{len(cfgs)} runs trained as one packed model")
     return _train_packed(cfgs, specs, checkpoints, ds, on_epoch, on_start)
 
 
