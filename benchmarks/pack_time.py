@@ -42,8 +42,11 @@ FULL_TRAIN, FULL_EPOCHS = 50_000, 65
 
 
 def configs(args) -> list[dict]:
+    # one seed (Experiment A's cells): the copies share each batch; --distinct-seeds: each copy
+    # its own batches, stacked along channels (every conv grouped)
     return [dict(dataset="cifar10", synthetic=args.synthetic, model="cifar", method=args.method,
-                 epochs=args.epochs, lr_mult=k, seed=1, device=args.device) for k in LR_MULTS]
+                 epochs=args.epochs, lr_mult=k, seed=1 + i * args.distinct_seeds,
+                 device=args.device) for i, k in enumerate(LR_MULTS)]
 
 
 def run_epoch_flops(config: dict, data) -> int:
@@ -69,6 +72,8 @@ def main() -> None:
     p.add_argument("--synthetic", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--distinct-seeds", action="store_true",
+                   help="seeds 1-5 instead of seed 1 for every run")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -94,7 +99,7 @@ def main() -> None:
     n_runs = len(plan("A", datasets=["cifar10"]))
     print(f"cell: {args.method}, cifar network, CIFAR-10 shapes ({args.synthetic} synthetic "
           f"images), {len(cell)} runs x {args.epochs} epochs, {args.threads} threads, "
-          f"{device}; matmul peak {peak / 1e9:.1f} GFLOP/s; one run-epoch {flops / 1e9:.2f} "
+          f"{device}, {'seeds 1-5' if args.distinct_seeds else 'one seed'}; matmul peak {peak / 1e9:.1f} GFLOP/s; one run-epoch {flops / 1e9:.2f} "
           "GFLOP")
     print(f"| way | wall s | s / run-epoch | runs/hour (65 ep, 50k) | x one-by-one | "
           f"FLOP/s of peak | Experiment A ({n_runs} runs) |")

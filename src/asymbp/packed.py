@@ -218,14 +218,15 @@ def _stages(model: nn.Module) -> list[nn.Module | None]:
 
 def stack_problem(model: nn.Module) -> str | None:
     """Why the network cannot be packed (None: it can): a plain conv/fc stack of known
-    modules (`TableNet`, `MLP`), with zero padding."""
+    modules (`TableNet`, `MLP`), with zero padding; converted or not (asymbp.convert swaps
+    every Linear/Conv2d for its asymmetric subclass)."""
     key = getattr(model, "model_key", type(model).__name__)
     if type(model) not in (TableNet, MLP):
         return f"network {key} is not a plain conv/fc stack (residual blocks)"
     for m in _stages(model):
-        if m is None or isinstance(m, (AsymLinear, *BATCHNORMS, *CHANNELWISE)):
+        if m is None or isinstance(m, (nn.Linear, *BATCHNORMS, *CHANNELWISE)):
             continue
-        if isinstance(m, AsymConv2d) and m.padding_mode == "zeros":
+        if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros":
             continue
         return f"network {key} has a {type(m).__name__} layer the packed model lacks"
     return None
@@ -375,9 +376,7 @@ def _network_problem(cfg: TrainConfig, spec, ds) -> str | None:
     with torch.device("meta"):
         size = {"image_size": shape[1]} if len(shape) == 3 else {}
         model = models.build(key, ds.num_classes, in_channels=shape[0], bn=spec.bn, **size)
-    if type(model) not in (TableNet, MLP):
-        return f"network {key} is not a plain conv/fc stack (residual blocks)"
-    return None
+    return stack_problem(model)
 
 
 def _train_packed(cfgs, specs, checkpoints, ds, on_epoch, on_start) -> list[dict]:

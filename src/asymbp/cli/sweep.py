@@ -83,6 +83,9 @@ def run(args) -> int:
     if args.pack is not None and args.pack < 1:
         raise AsymbpError(f"--pack must be >= 1 runs, got {args.pack}; use --no-pack to train "
                           "every run by itself")
+    if args.pack is not None and args.pack > 1 and args.backend != "local":
+        raise AsymbpError("--pack is for --backend local (the Ray backend trains every run by "
+                          "itself); leave --pack out or use --backend local")
     if args.address and args.backend != "ray":
         raise AsymbpError("--address is for --backend ray")
     workers = args.workers
