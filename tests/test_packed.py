@@ -106,9 +106,9 @@ def assert_close(packed, alone, n_test, calibrated=None):
     assert all(dev[k] <= tol[k] for k in tol), (dev, tol)
 
 
-def cell(data, meth, lr_mults=(1, 10, 0.1), seeds=(1, 1, 1), **kw):
+def cell(data, method, lr_mults=(1, 10, 0.1), seeds=(1, 1, 1), **kw):
     base = {**dict(dataset=data, model="mlp", epochs=2, batch_size=50, bn_stat_batches=2,
-                   method=meth), **kw}
+                   method=method), **kw}
     return [dict(base, lr_mult=k, seed=s) for k, s in zip(lr_mults, seeds)]
 
 
@@ -129,6 +129,27 @@ def test_a_packed_cell_equals_its_runs_one_by_one(scheme, bn, bm, vectors, one_t
     assert_close(packed, alone, 100, calibrated)
     for p, a in zip(packed, alone):
         assert set(p) == set(a) and p["config"] == a["config"] and p["params"] == a["params"]
+
+
+@pytest.mark.parametrize("options", [
+    {"method": "uSF+BN", "bn_stats": "running"},  # BN momentum 0.1 during training
+    {"method": "frSF+BN", "protocol": "honest", "val_size": 20},
+    {"method": "uSF+BN+Adam", "loss": "mean", "base_lr": 1e-3},
+    {"method": "RndF@bottom"},  # C2: the last layer frozen
+    {"method": "uSF+BN+WN", "lr_milestones": "1:0.1", "init": "xavier"},
+], ids=lambda o: "-".join(f"{v}" for v in o.values()))
+def test_the_recipes_options_pack_too(options, vectors, one_thread, monkeypatch):
+    configs = cell(vectors, **options)
+    packed = train_packed(configs)
+    alone = [train(c) for c in configs]
+    calibrated = None
+    if "Adam" in options["method"]:  # Adam's first step m/sqrt(v) is sign(g): BM's amplifier
+        with monkeypatch.context() as mp:
+            one_ulp_first_layer(mp)
+            calibrated = deviation([train(c) for c in configs], alone)
+    assert_close(packed, alone, 100, calibrated)
+    for p, a in zip(packed, alone):
+        assert p.get("val_error") == pytest.approx(a.get("val_error"), abs=100 * EXAMPLE / 20)
 
 
 def test_packed_scheme_list_leaves_out_exactly_dfa_and_wm():
