@@ -99,8 +99,8 @@ def main() -> None:
     n_runs = len(plan("A", datasets=["cifar10"]))
     print(f"cell: {args.method}, cifar network, CIFAR-10 shapes ({args.synthetic} synthetic "
           f"images), {len(cell)} runs x {args.epochs} epochs, {args.threads} threads, "
-          f"{device}, {'seeds 1-5' if args.distinct_seeds else 'one seed'}; matmul peak {peak / 1e9:.1f} GFLOP/s; one run-epoch {flops / 1e9:.2f} "
-          "GFLOP")
+          f"{device}, {'seeds 1-5' if args.distinct_seeds else 'one seed'}; matmul peak "
+          f"{peak / 1e9:.1f} GFLOP/s; one run-epoch {flops / 1e9:.2f} GFLOP")
     print(f"| way | wall s | s / run-epoch | runs/hour (65 ep, 50k) | x one-by-one | "
           f"FLOP/s of peak | Experiment A ({n_runs} runs) |")
     print("|---|---|---|---|---|---|---|")

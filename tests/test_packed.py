@@ -393,3 +393,34 @@ def test_packed_sweep_killed_with_kill_9_loses_and_duplicates_nothing(tmp_path, 
     now = ep.set_index(["run_key", "epoch"]).loc[kept.index]
     assert (now["train_loss"] == kept["train_loss"]).all()
     assert not list((tmp_path / "p.db.runs").glob("*.pt"))
+
+
+@pytest.mark.parametrize("args", [["--pack", "0"], ["--pack", "3", "--no-pack"],
+                                  ["--pack", "3", "--backend", "ray"]])
+def test_sweep_bad_pack_options_are_one_line(tmp_path, capsys, args):
+    from asymbp.cli import main
+
+    db = tmp_path / "r.db"
+    assert main(["sweep", "--methods", "SGD", "--datasets", "mnist5k", "--epochs", "1",
+                 "--db", str(db), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("asymbp: error: ") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_sweep_packs_each_cell_on_a_gpu_and_not_on_the_cpu(vectors):
+    from asymbp.sweep import PackTask, plan
+    from asymbp.sweep.driver import GPU_PACK, default_pack, packed_tasks
+    from asymbp.sweep.local import Task
+
+    runs = plan(methods=["uSF", "SGD"], datasets=[vectors], lr_mults=[10, 1, 0.1],
+                seeds=[1, 2], base={"model": "mlp", "device": "cpu"})
+    assert default_pack(runs) == 1
+    on_gpu = plan(methods=["uSF"], datasets=[vectors], base={"model": "mlp", "device": "cuda"})
+    assert default_pack(on_gpu) == GPU_PACK == 5
+    tasks = packed_tasks([Task(r.key, r.config, None) for r in runs], 4)
+    assert all(isinstance(t, PackTask) for t in tasks)
+    keys = [k for t in tasks for k in t.keys]
+    assert sorted(keys) == sorted(r.key for r in runs)  # every run once
+    for t in tasks:  # one cell per pack, at most 4 runs
+        assert len({cell_key(m.config) for m in t.tasks}) == 1 and len(t.tasks) <= 4

@@ -152,10 +152,13 @@ def sweep(runs: list[RunSpec], db, *, workers: int = 1, backend: str = "local",
 
 
 # On a GPU a cell's five runs (the paper's five learning rates) as one packed model: the tiny
-# networks leave the device idle between kernel launches, which packing fills. On the CPU one by
-# one in workers: benchmarks/pack_time.py measured packing no faster there (see its numbers in
-# the README of benchmarks, and asymbp.sweep.local's docstring), the steps being bound by the
-# convolution kernels, not by launches.
+# networks leave the device idle between kernel launches, which packing fills (not yet timed on
+# a GPU here: `benchmarks/pack_time.py --device cuda` does). On the CPU one by one, in workers:
+# pack_time.py on the 2-core EPYC (uSF+BN, cifar network, CIFAR-10 shapes, 1 thread, one
+# process) timed a packed cell at 0.86x the runs one by one (5.2 vs 4.5 s per run-epoch):
+# the steps are bound by the convolution kernels, which a grouped convolution does not speed
+# up; with 2 threads packing looked 1.3-1.8x faster than one by one, but 2 one-thread workers
+# were 2.6x (one process's 2 threads scale poorly on these small convolutions).
 GPU_PACK = 5
 
 

@@ -24,7 +24,8 @@ oneDNN convolutions, batch norm and pooling, not by Python overhead; two one-thr
 both cores with no synchronisation at all, 1.23x the throughput of one two-thread process on an
 mnist5k cell (0.98 vs 1.21 s per run-epoch, uSF+BN+BM, channels_last). On a GPU, where a tiny
 network leaves the device idle between kernel launches, several workers per GPU fill it the same
-way (CUDA MPS helps); a vmap/grouped model remains the next step there.
+way (CUDA MPS helps); there a sweep packs each cell into one model instead (`asymbp.packed`,
+`PackTask`: a worker trains a pack's runs together, each with its own events and checkpoint).
 
     from asymbp.sweep import cell, train_many
     results = train_many(cell("uSF+BN+BM", "mnist5k", seeds=[1], channels_last=True),
