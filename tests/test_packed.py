@@ -424,3 +424,44 @@ def test_the_sweep_packs_each_cell_on_a_gpu_and_not_on_the_cpu(vectors):
     assert sorted(keys) == sorted(r.key for r in runs)  # every run once
     for t in tasks:  # one cell per pack, at most 4 runs
         assert len({cell_key(m.config) for m in t.tasks}) == 1 and len(t.tasks) <= 4
+
+
+@pytest.mark.parametrize("model,shared", [("mnist", False), ("mnist", True), ("mlp512", False),
+                                          ("mlp512", True)])
+def test_no_arithmetic_crosses_copies(model, shared, one_thread):
+    """One copy's weights all NaN: the other copies' logits and gradients are bitwise what they
+    are without it (the same kernels on the same shapes, so bitwise is the right test): grouped
+    convs, bmm, the wide fc of a shared input, N·C batch norm and the per-copy losses keep the
+    copies apart."""
+    import torch.nn.functional as F
+
+    from asymbp.config import check_config
+    from asymbp.packed import PackedNet
+    from asymbp.train import build_model, prepare_data
+
+    cfgs = [TrainConfig(dataset="mnist", synthetic=20, model=model, method="RndF+BN",
+                        lr_mult=k, seed=s) for k, s in ((1, 1), (10, 2), (0.1, 3))]
+    spec = check_config(cfgs[0])
+    t = prepare_data(cfgs[0], torch.device("cpu"))
+
+    def step(poison: bool):
+        models = []
+        for c in cfgs:
+            torch.manual_seed(c.seed)
+            models.append(build_model(c, spec, t))
+        if poison:
+            with torch.no_grad():
+                for p in models[1].parameters():
+                    p.fill_(math.nan)
+        x, y = t.x_train, t.y_train
+        out = PackedNet(models)(x if shared else torch.cat([x] * 3, 1), shared)
+        F.cross_entropy(out.transpose(1, 2), y.unsqueeze(1).expand(-1, 3),
+                        reduction="none").sum().backward()
+        return out.detach(), [[p.grad for p in m.parameters()] for m in models]
+
+    clean, poisoned = step(False), step(True)
+    assert poisoned[0][:, 1].isnan().all()
+    for i in (0, 2):
+        assert torch.equal(clean[0][:, i], poisoned[0][:, i])
+        for a, b in zip(clean[1][i], poisoned[1][i]):
+            assert torch.equal(a, b)
