@@ -324,8 +324,14 @@ def test_a_pack_resumes_from_its_copies_checkpoints(vectors, tmp_path, one_threa
         train_packed(configs, checkpoints=paths, on_epoch=stop)
     saved = [torch.load(p, weights_only=True)["history"] for p in paths]
     assert [len(h) for h in saved] == [2, 2, 1]  # copy 1 saved before streaming epoch 2
+    import shutil
+
+    shutil.copy(paths[2], tmp_path / "alone.pt")  # copy 2 after epoch 1, resumed by train()
+    by_itself = train(configs[2], checkpoint=tmp_path / "alone.pt")
     resumed = train_packed(configs, checkpoints=paths)
     assert_close(resumed, whole, 100)
+    assert_close([by_itself], [whole[2]], 100)
+    assert by_itself["epochs"][0] == saved[2][0]
     for r, h in zip(resumed, saved):
         assert r["epochs"][:len(h)] == h  # the finished epochs are not redone
     one = train(configs[2], checkpoint=paths[2])  # finished: nothing left to train
