@@ -88,7 +88,7 @@ def _bad_npz(tmp_path, kind):
 BAD = [
     (["--method", "uSF+XX"], "XX"),
     (["--method", "quux"], "uSF"),
-    (["--dataset", "imagenet"], "mnist5k"),
+    (["--dataset", "imagenet22k"], "mnist5k"),
     (["--model", "vgg"], "resnet20"),
     (["--lr-mult", "0"], "multiplier"),
     (["--lr-mult", "-1"], "multiplier"),
@@ -182,7 +182,7 @@ def test_every_config_field_has_its_option_with_its_declared_help():
     run_dests = {a.dest: a for a in _run_parser()._actions}
     sweep_dests = {a.dest for a in _sweep_parser()._actions}
     for f in FIELDS:
-        if f.name == "scheme_options":  # a dict: the method string gives scheme options
+        if f.name == "scheme_options":  # a dict: given by --scheme-option KEY=VALUE (repeatable)
             assert f.name not in run_dests and f.name not in sweep_dests
             continue
         action = run_dests[f.name]

@@ -123,7 +123,7 @@ def test_pfa_cifar10_plan_is_biotorchs_sgd_protocol_with_pfas_decay():
 def test_pfa_imagenet_cells_are_biotorchs_imagenet_protocol():
     exp = EXPERIMENTS["pfa-imagenet"]
     assert exp.columns == ["BP", "uSF", "PFA", "PFA-o"] and exp.seeds == (1, 2, 3, 4, 5)
-    c = exp.config("PFA", "imagenet")
+    c = exp.config("PFA", "ResNet-18")
     # batch 256, 75 epochs, SGD lr 0.1 /10 at 20, 40, 60, momentum 0.9, weight decay 1e-4,
     # random-resized crop + flip; PFA (their exp_configs): 5e-4 in the first epoch, x0.2 after
     assert (c["dataset"], c["model"], c["batch_size"], c["epochs"]) == (
@@ -131,7 +131,10 @@ def test_pfa_imagenet_cells_are_biotorchs_imagenet_protocol():
     assert (c["base_lr"], c["momentum"], c["lr_milestones"], c["augment"]) == (
         0.1, 0.9, "20:0.1,40:0.1,60:0.1", "resized-crop-flip")
     assert (c["weight_decay"], c["wd_milestones"], c["method"]) == (5e-4, "1:0.2", "PFA+BN")
-    assert exp.config("uSF", "imagenet")["weight_decay"] == 1e-4
+    assert exp.config("uSF", "ResNet-18")["weight_decay"] == 1e-4
+    # the rest as biotorch-imagenet's cells (its honest validation split, BN affine, ...)
+    bio = EXPERIMENTS["biotorch-imagenet"].config("uSF", "ResNet-18")
+    assert exp.config("uSF", "ResNet-18") == bio
 
 
 @pytest.mark.skipif("imagenet" not in data.DATASETS,
@@ -139,6 +142,7 @@ def test_pfa_imagenet_cells_are_biotorchs_imagenet_protocol():
 def test_pfa_imagenet_plan():
     runs = plan("pfa-imagenet")
     assert len(runs) == 4 * 5 and {r.config["dataset"] for r in runs} == {"imagenet"}
+    assert {r.dataset for r in runs} == {"ResNet-18"}
 
 
 # ---- overrides ----------------------------------------------------------------------------

@@ -69,3 +69,18 @@ def test_biotorch_mnist_experiment_smoke(tmp_path, capsys):
     assert code == 0, out.err
     assert "12 runs: 12 done" in out.out + out.err
     assert "| fashion-mnist |" in out.out
+
+
+def test_a_synthetic_set_keeps_the_protocols_validation_share():
+    # BioTorch's CIFAR-10 split is 5 000 of 50 000: with --synthetic 600 it is 60 of 600, so a
+    # smoke test of biotorch-cifar10 runs; real data keeps val_size as given.
+    from asymbp.train import honest_split, TrainConfig
+
+    cfg = TrainConfig(dataset="cifar10", protocol="honest", val_size=5000, synthetic=600)
+    val, tr = honest_split(cfg, data.load("cifar10", synthetic=600))
+    assert (len(val), len(tr)) == (60, 540)
+    assert data.synthetic_train_size(data.load("cifar10", synthetic=600)) == 50_000
+    real = data.load("mnist5k")
+    assert data.synthetic_train_size(real) is None
+    cfg = TrainConfig(dataset="mnist5k", protocol="honest", val_size=500)
+    assert len(honest_split(cfg, real)[0]) == 500

@@ -395,7 +395,7 @@ def test_freeze_option_and_conflict(npz):
     (dict(lr_mult=float("nan")), "multiplier"),
     (dict(method="uSF+XX"), "XX"),
     (dict(model="vgg"), "model"),
-    (dict(dataset="imagenet"), "dataset"),
+    (dict(dataset="imagenet22k"), "dataset"),
     (dict(epochs=0), "epochs"),
     (dict(protocol="fancy"), "protocol"),
     (dict(bn_stats="median"), "BN"),

@@ -204,6 +204,12 @@ class TrainConfig:
                                                "1000 on a GPU)", metavar="N", role=EXECUTION)
     data_dir: str | None = option(None, "data root (default: $ASYMBP_DATA or ~/.cache/asymbp)",
                                   role=EXECUTION)
+    # Streamed datasets (ImageNet) only: each example's crop is seeded by (seed, epoch, index),
+    # so the number of workers changes the speed, never the batches.
+    loader_workers: int | None = option(None, "loader processes decoding a streamed dataset's "
+                                              "images (ImageNet; default: min(8, cores); 0: "
+                                              "in the training process)", metavar="N",
+                                        role=EXECUTION)
     # -- the scheme --
     # Weight mirrors (WM): after every `mirror_every` training steps, `mirror_steps` mirror
     # steps (asymbp.feedback.mirror_step), and `mirror_warmup` mirror steps before the first
@@ -304,6 +310,9 @@ def check_config(cfg: TrainConfig) -> MethodSpec:
     if cfg.synthetic is not None and cfg.synthetic < 0:
         raise AsymbpError(f"synthetic must be >= 0 examples (0: the dataset's sizes), got "
                           f"{cfg.synthetic}")
+    if cfg.loader_workers is not None and cfg.loader_workers < 0:
+        raise AsymbpError(f"loader_workers must be >= 0 processes, got {cfg.loader_workers}; "
+                          "0 decodes in the training process")
     if cfg.resize is not None and cfg.resize < 1:
         raise AsymbpError(f"resize must be a size >= 1 pixel, got {cfg.resize}; e.g. 32")
     parse_milestones(cfg.lr_milestones, "lr")

@@ -165,6 +165,17 @@ def _check_scheme_options(scheme: str, options: dict) -> None:
             f"scheme {scheme} takes no option {', '.join(bad)}; its options: "
             f"{', '.join(cls.options()) or 'none'}"
         )
+    # The values too, before any work is done: the scheme built once on a small stand-in W
+    # raises its own one-line error for a bad value (scale=bogus). A scheme that needs more
+    # than (W, seed) to be built is checked when its layers are.
+    import torch
+
+    try:
+        cls(torch.ones(4, 3), 0, **options)
+    except AsymbpError:
+        raise
+    except Exception:  # noqa: BLE001 - not a value error of the options
+        pass
 
 
 def describe() -> str:

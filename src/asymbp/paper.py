@@ -2,10 +2,10 @@
 
 `published(experiment)` returns the paper's table as a DataFrame (rows: dataset keys, columns:
 method strings, values: error %). BioTorch's tables (`biotorch-*`) are here too: their rows are
-dataset keys or, for CIFAR-10, (model, optimizer) labels such as "ResNet-20 Adam"; their columns
-BioTorch's method names (BP, FA, DFA, uSF, brSF, frSF). Li & Benna 2024's experiments
-(`UNPUBLISHED`) have a caption and columns, no numbers. `PAPER_DATASETS` maps the paper's row
-names to dataset keys.
+dataset keys or, for CIFAR-10, (model, optimizer) labels such as "ResNet-20 Adam" (ImageNet: the
+model, "ResNet-18"); their columns BioTorch's method names (BP, FA, DFA, uSF, brSF, frSF). Li &
+Benna 2024's experiments (`UNPUBLISHED`) have a caption and columns, no numbers.
+`PAPER_DATASETS` maps the paper's row names to dataset keys.
 
 pandas is imported inside `published` only: `asymbp.data` reads `PAPER_DATASETS` for its
 order, and loading a dataset must not pay for pandas.
@@ -53,6 +53,7 @@ TABLES = {
     "biotorch-mnist": ("biotorch_mnist.csv", "BioTorch: MNIST and Fashion-MNIST, LeNet, SGD"),
     "biotorch-cifar10": ("biotorch_cifar10.csv",
                          "BioTorch: CIFAR-10, LeNet / ResNet-20 / ResNet-56 x SGD / Adam"),
+    "biotorch-imagenet": ("biotorch_imagenet.csv", "BioTorch: ImageNet (ILSVRC 2012), ResNet-18"),
 }
 # BioTorch's dataset names -> asymbp keys
 BIOTORCH_DATASETS = {"MNIST": "mnist", "Fashion-MNIST": "fashion-mnist"}
@@ -112,7 +113,7 @@ def _columns_for(experiment: str, columns: list[str]) -> list[str]:
 
 def published(experiment: str) -> pd.DataFrame:
     """The paper's table for `experiment` (A, B1, B2, C1, C2, BM, biotorch-mnist,
-    biotorch-cifar10); index: dataset keys (or BioTorch's row labels)."""
+    biotorch-cifar10, biotorch-imagenet); index: dataset keys (or BioTorch's row labels)."""
     if experiment not in TABLES:
         raise unknown("experiment", experiment, TABLES)
     import pandas as pd
@@ -123,6 +124,8 @@ def published(experiment: str) -> pd.DataFrame:
     if "optimizer" in df.columns:  # BioTorch's CIFAR-10: rows keyed by (model, optimizer)
         df.insert(0, "dataset", [row_label(m, o) for m, o in zip(df.pop("model"),
                                                                  df.pop("optimizer"))])
+    elif "model" in df.columns:  # BioTorch's ImageNet: rows keyed by the model ("ResNet-18")
+        df.insert(0, "dataset", df.pop("model"))
     else:
         names = BIOTORCH_DATASETS if experiment.startswith("biotorch") else PAPER_DATASETS
         df["dataset"] = df["dataset"].map(names)
@@ -131,7 +134,7 @@ def published(experiment: str) -> pd.DataFrame:
 
 
 # Columns an experiment runs beyond its published table: Moskovitz et al. 2018's sSF+WN.
-EXTRA_COLUMNS = {"biotorch-cifar10": ["sSF+WN"]}
+EXTRA_COLUMNS = {"biotorch-cifar10": ["sSF+WN"], "biotorch-imagenet": ["sSF+WN"]}
 
 
 def columns(experiment: str) -> list[str]:

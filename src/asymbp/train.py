@@ -3,7 +3,8 @@
 `train(config)` is the paper's recipe and reads top to bottom in the order a run happens:
 
 1. load the data, hold out a validation split (honest protocol), normalise with the training
-   set's per-channel mean and std, put everything on the device as tensors;
+   set's per-channel mean and std, put everything on the device as tensors (a streamed
+   dataset, ImageNet: lazy splits whose batches loader workers decode, `streamed_data`);
 2. build the network (the dataset's Table-1 network by default), convert it to the method's
    feedback scheme, freeze layers for Experiment C2;
 3. make the method's optimizer (SGD or Batch Manhattan) over every trainable parameter;
@@ -53,9 +54,9 @@ from .optim import make_optimizer
 # TrainConfig is asymbp.config's, re-exported: `asymbp.train.TrainConfig` is public (DESIGN §9).
 __all__ = ["TrainConfig", "train", "lr_at", "paper_milestones", "at_milestones",
            "weight_decay_at", "batch_schedule", "feedback_weight_decay_at",
-           "prepare_data", "resized", "resized_shape", "augmenter", "honest_split",
-           "build_model", "xavier_init_", "refresh_bn_stats", "evaluate", "error_rate",
-           "epoch_alignment", "summarize"]
+           "prepare_data", "streamed_data", "epoch_batches", "resized", "resized_shape",
+           "augmenter", "honest_split", "build_model", "xavier_init_", "refresh_bn_stats",
+           "evaluate", "error_rate", "epoch_alignment", "summarize"]
 
 
 # ---- the schedules ------------------------------------------------------------------------
@@ -180,19 +181,15 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
         model.train()
         loss_sum = torch.zeros((), device=device)
         wrong = torch.zeros((), dtype=torch.long, device=device)
-        perm = torch.randperm(n, generator=data_gen).to(device)
-        for i in range(0, n, bs):
-            batch = perm[i:i + bs]
-            idx = execution.shard(batch)  # this process's share of the mini-batch
-            xb, yb = tensors.x_train[idx], tensors.y_train[idx]
-            if augment is not None:
-                xb = augment(xb, generators["aug_gen"])
+        perm = torch.randperm(n, generator=data_gen)
+        for xb, yb, whole in epoch_batches(tensors, perm, bs, epoch, execution, augment,
+                                           generators.get("aug_gen"), cfg.augment != "none"):
             with execution.autocast():
                 out = step_model(xb)
                 # The sum over the batch, so the paper's learning rates apply as printed.
                 loss = F.cross_entropy(out.float(), yb, reduction="sum")
             # loss "mean": over the whole mini-batch (all processes' shares), BioTorch's
-            objective = loss if cfg.loss == "sum" else loss / len(batch)
+            objective = loss if cfg.loss == "sum" else loss / whole
             optimizer.zero_grad(set_to_none=True)
             execution.backward(objective)
             optimizer.step()
@@ -250,8 +247,51 @@ class Tensors:
 
     def with_inputs(self, fn: Callable[[Tensor], Tensor]) -> "Tensors":
         """The same data with `fn` applied to each input tensor (x_train, x_val, x_test)."""
-        return replace(self, x_train=fn(self.x_train), x_test=fn(self.x_test),
-                       x_val=None if self.x_val is None else fn(self.x_val))
+        def put(x):  # a streamed split applies `fn` to each batch it makes
+            return x.with_layout(fn) if streamed(x) else fn(x)
+
+        return replace(self, x_train=put(self.x_train), x_test=put(self.x_test),
+                       x_val=None if self.x_val is None else put(self.x_val))
+
+
+def streamed(x) -> bool:
+    """Whether `x` is a streamed split (`asymbp.data.stream.StreamedImages`), not a tensor."""
+    return getattr(x, "batches", None) is not None and not torch.is_tensor(x)
+
+
+def epoch_batches(tensors: Tensors, perm: Tensor, bs: int, epoch: int, execution: Execution,
+                  augment, aug_gen, train_transform: bool):
+    """The epoch's mini-batches in the order `perm` (CPU): (xb, yb, the whole mini-batch's
+    size), xb and yb this process's share of it, on the device. In memory: indexed and
+    augmented on the device; streamed: decoded by the loader's workers, each example cropped by
+    the training transform (`train_transform`, else the test one) of its (seed, epoch, index)."""
+    n = len(perm)
+    if streamed(tensors.x_train):
+        shares = [execution.shard(perm[i:i + bs]) for i in range(0, n, bs)]
+        sizes = [min(bs, n - i) for i in range(0, n, bs)]
+        for (xb, yb), whole in zip(tensors.x_train.batches(shares, epoch, train_transform),
+                                   sizes):
+            yield xb, yb, whole
+        return
+    perm = perm.to(execution.device)
+    for i in range(0, n, bs):
+        batch = perm[i:i + bs]
+        idx = execution.shard(batch)  # this process's share of the mini-batch
+        xb, yb = tensors.x_train[idx], tensors.y_train[idx]
+        if augment is not None:
+            xb = augment(xb, aug_gen)
+        yield xb, yb, len(batch)
+
+
+def inputs(x, chunks: list):
+    """`x[c]` for each chunk `c` (an index tensor or a slice) of inputs `x`; a streamed `x`
+    decodes them in its loader's workers."""
+    if streamed(x):
+        for xb, _ in x.batches(chunks):
+            yield xb
+    else:
+        for c in chunks:
+            yield x[c]
 
 
 def prepare_data(cfg: TrainConfig, device: torch.device, ds: datasets.Dataset | None = None
@@ -262,6 +302,8 @@ def prepare_data(cfg: TrainConfig, device: torch.device, ds: datasets.Dataset | 
                            synthetic=cfg.synthetic)  # validated there
     else:
         datasets.validate(ds)  # a dataset built by the caller gets the same checks
+    if getattr(ds, "streamed", False):
+        return streamed_data(cfg, device, ds)
     x_tr, y_tr, x_te = ds.x_train, ds.y_train, ds.x_test
     if cfg.resize is not None:  # once, before the statistics: the network sees these images
         x_tr, x_te = resized(x_tr, cfg.resize, ds.key), resized(x_te, cfg.resize, ds.key)
@@ -286,6 +328,31 @@ def prepare_data(cfg: TrainConfig, device: torch.device, ds: datasets.Dataset | 
     xv, yv = put(x_val, y_val)
     black = torch.from_numpy(-mean / std).to(device) if x_tr.ndim == 4 else None
     return Tensors(xt, yt, xs, ys, xv, yv, ds.num_classes, ds.model, black)
+
+
+def streamed_data(cfg: TrainConfig, device: torch.device, ds) -> Tensors:
+    """A streamed dataset (ImageNet) as lazy splits (`asymbp.data.stream.StreamedImages`) with
+    their labels on the device: images are decoded batch by batch, transformed by the loader
+    (augment resized-crop-flip: the training crop; none: the test transform), normalised with
+    the dataset's own mean and std. The honest protocol's validation images are training
+    images under the test transform."""
+    if cfg.resize is not None or cfg.augment == "crop-flip":
+        raise AsymbpError(f"dataset {ds.key} is streamed: its loader crops {ds.crop}x{ds.crop} "
+                          f"(training: random-resized crop + flip; test: resize {ds.resize}, "
+                          "centre crop); leave out resize and use augment resized-crop-flip or "
+                          "none")
+    workers = (cfg.loader_workers if cfg.loader_workers is not None
+               else min(8, os.cpu_count() or 1))
+    split = honest_split(cfg, ds)
+    val, tr = split if split is not None else (None, None)
+
+    def images(name, idx):
+        return ds.images(name, idx, seed=cfg.seed, device=device, workers=workers)
+
+    xt, xs = images("train", tr), images("test", None)
+    xv = None if val is None else images("train", val)
+    return Tensors(xt, xt.labels(), xs, xs.labels(), xv, None if xv is None else xv.labels(),
+                   ds.num_classes, ds.model)
 
 
 def resized(x: np.ndarray, size: int, key: str) -> np.ndarray:
@@ -315,7 +382,7 @@ def augmenter(cfg: TrainConfig, tensors: Tensors
     """The training batches' augmentation (xb, gen) -> xb, None for `augment="none"`.
     crop-flip pads with black (a raw 0 pixel, as torchvision pads before normalising);
     resized-crop-flip gives the images' own size."""
-    if cfg.augment == "none":
+    if cfg.augment == "none" or streamed(tensors.x_train):  # streamed: the loader augments
         return None
     if tensors.x_train.ndim != 4:
         raise AsymbpError(f"augment {cfg.augment!r} needs images, but dataset {cfg.dataset} "
@@ -328,7 +395,8 @@ def augmenter(cfg: TrainConfig, tensors: Tensors
 
 def honest_split(cfg: TrainConfig, ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
     """(validation, training) indices of the training set under the honest protocol (seeded by
-    `data_seed`; `val_size` examples, or the `val_fraction` of them), None under the paper's;
+    `data_seed`; `val_size` examples, or the `val_fraction` of them; a `--synthetic` stand-in
+    holds out val_size's share of the real training set), None under the paper's;
     the one-line error when no training example is left (cheap: the command line checks it
     before a run starts)."""
     if cfg.protocol != "honest":
@@ -336,6 +404,12 @@ def honest_split(cfg: TrainConfig, ds: datasets.Dataset) -> tuple[np.ndarray, np
     perm = np.random.default_rng(cfg.data_seed + 7919).permutation(len(ds.y_train))
     if cfg.val_size is not None:
         n_val, given = cfg.val_size, f"val_size {cfg.val_size}"
+        full = datasets.synthetic_train_size(ds)
+        if full is not None and len(perm) < full:
+            # `--synthetic N` shrinks the training set: the split keeps the protocol's share
+            # (BioTorch's 5k of 50k is 10 % of N), so a smoke test of an experiment still runs
+            n_val = max(1, round(cfg.val_size * len(perm) / full))
+            given += f" scaled to the synthetic {len(perm)} of {full}"
     else:
         n_val = max(1, int(round(len(perm) * cfg.val_fraction)))
         given = f"val_fraction {cfg.val_fraction}"
@@ -438,8 +512,10 @@ def refresh_bn_stats(model: nn.Module, x: Tensor, batch: int, n_batches: int, al
     for bn in bns:
         bn.momentum = alpha
     perm = torch.randperm(len(x), generator=gen).to(x.device)
-    for i in range(min(n_batches, math.ceil(len(x) / batch))):
-        model(x[perm[i * batch:(i + 1) * batch]])
+    chunks = [perm[i * batch:(i + 1) * batch]
+              for i in range(min(n_batches, math.ceil(len(x) / batch)))]
+    for xb in inputs(x, chunks):
+        model(xb)
     for bn in bns:
         bn.momentum = 0.0  # training batches leave the running statistics alone
     model.train(was)
@@ -454,9 +530,10 @@ def error_rate(model: nn.Module, x: Tensor, y: Tensor, batch: int, amp) -> float
     was = model.training
     model.eval()
     wrong = torch.zeros((), dtype=torch.long, device=x.device)
-    for i in range(0, len(x), batch):
+    starts = range(0, len(x), batch)
+    for i, xb in zip(starts, inputs(x, [slice(i, i + batch) for i in starts])):
         with amp():
-            out = model(x[i:i + batch])
+            out = model(xb)
         wrong += (out.argmax(1) != y[i:i + batch]).sum()
     model.train(was)
     return 100.0 * wrong.item() / len(x)

@@ -44,6 +44,11 @@ def add_run_options(p, per_run: bool = True) -> None:
     for f in FIELDS:
         if f.metadata["cli"] and (per_run or not f.metadata["per_run"]):
             p.add_argument(_flag(f.name), dest=f.name, **_argument(f))
+    # repeatable: each KEY=VALUE one option of the method's feedback scheme (scheme_options)
+    p.add_argument("--scheme-option", dest="scheme_option", action="append", metavar="KEY=VALUE",
+                   help="an option of the feedback scheme, repeatable, e.g. --scheme-option "
+                        "scale=xavier --scheme-option density=0.1 (see 'asymbp methods'); "
+                        "stored in the run's config")
     # an optional value: --synthetic alone is the dataset's own sizes
     p.add_argument("--synthetic", nargs="?", const=0, type=int, metavar="N",
                    help="random data of the dataset's shapes and sizes, at most N training and "
@@ -90,7 +95,11 @@ def config_from_args(args, **overrides) -> dict:
     the config's default applies)."""
     from ..config import FIELDS
 
+    from ..feedback import parse_options
+
     cfg = {f.name: getattr(args, f.name, None) for f in FIELDS}
+    if getattr(args, "scheme_option", None):  # given: in the config (and the run key)
+        cfg["scheme_options"] = parse_options(args.scheme_option)
     cfg.update(overrides)
     return {k: v for k, v in cfg.items() if v is not None}
 
@@ -116,7 +125,9 @@ def _argv_without_nproc(args) -> list[str]:
     argv = ["run"]
     for key, value in config_from_args(args).items():
         flag = _flag(key)
-        if field_types()[key] == (bool,):
+        if key == "scheme_options":
+            argv += [a for k, v in value.items() for a in ("--scheme-option", f"{k}={v}")]
+        elif field_types()[key] == (bool,):
             argv.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, bool):  # a switch with an optional value: on or off
             argv += [flag] if value else []

@@ -45,6 +45,12 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local worker processes or a Ray cluster (default: %(default)s)")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    packing = p.add_mutually_exclusive_group()
+    packing.add_argument("--pack", type=int, metavar="N",
+                         help="train at most N runs of a cell (differing only in lr and seed) "
+                              "as one packed model (default: 5 on a GPU, none on the CPU)")
+    packing.add_argument("--no-pack", action="store_true",
+                         help="train every run by itself (the same as --pack 1)")
     p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     p.add_argument("--dry-run", action="store_true",
                    help="print the planned runs and what is already stored; run nothing")
@@ -78,6 +84,12 @@ def run(args) -> int:
         raise AsymbpError(f"--workers must be >= 1, got {args.workers}")
     if args.threads is not None and args.threads < 1:
         raise AsymbpError(f"--threads must be >= 1, got {args.threads}")
+    if args.pack is not None and args.pack < 1:
+        raise AsymbpError(f"--pack must be >= 1 runs, got {args.pack}; use --no-pack to train "
+                          "every run by itself")
+    if args.pack is not None and args.pack > 1 and args.backend != "local":
+        raise AsymbpError("--pack is for --backend local (the Ray backend trains every run by "
+                          "itself); leave --pack out or use --backend local")
     if args.address and args.backend != "ray":
         raise AsymbpError("--address is for --backend ray")
     workers = args.workers
@@ -104,6 +116,7 @@ def run(args) -> int:
         preflight(_unfinished(runs, args.db, args.retry_failed))
     counts = sweep(runs, args.db, workers=workers, backend=args.backend, address=args.address,
                    threads=args.threads, retry_failed=args.retry_failed,
+                   pack=1 if args.no_pack else args.pack,
                    progress=not args.no_progress and sys.stderr.isatty())
     _summary(runs, args.db, counts)
     if counts["failed"]:

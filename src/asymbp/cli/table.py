@@ -15,18 +15,20 @@ def add_parser(sub) -> None:
                        "(mean ± std over seeds); ▲/▼ (yellow/blue) mark cells 3 points or "
                        "more worse/better than the row's SGD, as in the paper.")
     p.add_argument("--experiment", required=True,
-                   help="A, B1, B2, C1, C2, BM, biotorch-mnist, biotorch-cifar10 (BioTorch's "
-                        "table; --protocol honest for its best-validation rule on CIFAR-10), "
-                        "pfa-mnist, pfa-mnist-sparse, pfa-cifar10, pfa-imagenet (Li & Benna's: "
-                        "no published numbers), or grid (a user grid of methods x datasets)")
+                   help="A, B1, B2, C1, C2, BM, biotorch-mnist, biotorch-cifar10, "
+                        "biotorch-imagenet (BioTorch's table, by its own rule: on CIFAR-10 "
+                        "and ImageNet the best-validation model), pfa-mnist, pfa-mnist-sparse, "
+                        "pfa-cifar10, pfa-imagenet (Li & Benna's: no published numbers), or "
+                        "grid (a user grid of methods x datasets)")
     p.add_argument("--db", default="results.db", help="results database (default: %(default)s)")
     p.add_argument("--format", default="md", metavar="FORMAT",
                    help="md, csv, html or latex (default: %(default)s)")
     p.add_argument("--paper", action="store_true",
                    help="show the published value and ours - paper beside each cell")
-    p.add_argument("--protocol", default="paper", metavar="PROTOCOL",
+    p.add_argument("--protocol", default=None, metavar="PROTOCOL",
                    help="paper (best test error over epochs and multipliers) or honest "
-                        "(a validation split picks them) (default: %(default)s)")
+                        "(a validation split picks them) (default: the experiment's own: "
+                        "honest for biotorch-cifar10, else paper)")
     p.add_argument("--datasets", default=None, help="rows, comma-separated (default: all run)")
     p.add_argument("--methods", default=None,
                    help="columns, comma-separated (default: the paper's, in its order)")

@@ -10,7 +10,8 @@ Data lives under one root: `data_dir`, else `$ASYMBP_DATA`, else `~/.cache/asymb
 dataset key holding the files exactly as the original source distributes them (archives packed or
 unpacked). One small module per format reads them: `idx` (MNIST), `cifar`, `svhn`, `stl10`,
 `folders` (Caltech-101/256, iCubWorld, PubFig83, SUFR-W, LFW, MIT Indoor-67), `flowers`
-(Flowers-17/102 with their split files), `timit` (features in an .npz), `packaged`, `npz`.
+(Flowers-17/102 with their split files), `timit` (features in an .npz), `packaged`, `npz`;
+`imagenet` is streamed instead (a `StreamedDataset`: an index of its JPEGs, `asymbp.data.stream`).
 What they share is in `base`. Preprocessed arrays are cached next to the sources (`_cache`),
 `download` fetches and verifies the ones with a public source, and `asymbp datasets` lists them
 all.
@@ -26,11 +27,13 @@ from .base import (DATASETS, Dataset, DatasetInfo, check_key, data_root, dataset
 
 # Loaders register themselves on import, the paper's 15 in its table order.
 from . import idx, cifar, svhn, stl10, folders, flowers, timit, packaged  # noqa: F401,I001
+from . import imagenet  # noqa: F401  (streamed: decoded batch by batch, asymbp.data.stream)
 from .npz import load_npz
 from .synthetic import synthetic as make_synthetic
+from .synthetic import synthetic_train_size
 
 __all__ = ["DATASETS", "PAPER_ORDER", "Dataset", "DatasetInfo", "check_key", "data_root",
-           "dataset_keys", "load", "register", "validate"]
+           "dataset_keys", "load", "register", "synthetic_train_size", "validate"]
 
 # The paper's table order (DESIGN §7), then the packaged ones.
 PAPER_ORDER = list(PAPER_DATASETS.values())

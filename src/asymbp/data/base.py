@@ -114,8 +114,19 @@ def validate(ds: Dataset) -> None:
     Raises a one-line `AsymbpError` naming the dataset and the array when a split is empty,
     inputs are not (N, D) / (N, C, H, W) real numbers or hold NaN/inf, labels are not 1-D
     integers in 0..num_classes−1 or do not match the inputs in number, or train and test
-    inputs differ in shape.
+    inputs differ in shape. A streamed dataset (`asymbp.data.stream`) has its labels checked;
+    its images are checked as they are decoded.
     """
+    if getattr(ds, "streamed", False):
+        for ky in ("y_train", "y_test"):
+            y = getattr(ds, ky)
+            if len(y) == 0 or y.min() < 0 or y.max() >= ds.num_classes:
+                raise AsymbpError(
+                    f"dataset {ds.key}: {ky} has {len(y)} labels (in {y.min() if len(y) else '-'}"
+                    f"..{y.max() if len(y) else '-'}); a run needs at least one example per "
+                    f"split, labelled 0..{ds.num_classes - 1}"
+                )
+        return
     for split in ("train", "test"):
         kx, ky = f"x_{split}", f"y_{split}"
         x, y = getattr(ds, kx), getattr(ds, ky)

@@ -131,7 +131,17 @@ def _fmt_diff(v: float) -> str:
     return f"{v:+.2f}"
 
 
-def table(db_or_runs, experiment: str, protocol: str = "paper", paper: bool = False,
+def default_protocol(experiment: str) -> str:
+    """The rule that picks an experiment's reported number unless told otherwise: its own
+    protocol (BioTorch's CIFAR-10: honest, the best-validation model's test error), else the
+    paper's (the best test error)."""
+    from ..sweep.plan import EXPERIMENTS  # the registry of experiments, not the planner's work
+
+    exp = EXPERIMENTS[experiment] if experiment in EXPERIMENTS else None
+    return (exp.base.get("protocol") if exp is not None else None) or "paper"
+
+
+def table(db_or_runs, experiment: str, protocol: str | None = None, paper: bool = False,
           datasets: list[str] | None = None, methods: list[str] | None = None) -> pd.DataFrame:
     """The paper's table for `experiment` from the results.
 
@@ -140,7 +150,8 @@ def table(db_or_runs, experiment: str, protocol: str = "paper", paper: bool = Fa
         experiment: A, B1, B2, C1, C2, BM, biotorch-*, pfa-* (Li & Benna's: no published
             numbers, the columns run by default), or `grid` (a user grid; then `methods` default
             to those run).
-        protocol: paper (best test error over epochs and multipliers) or honest.
+        protocol: paper (best test error over epochs and multipliers) or honest; None: the
+            experiment's own (`default_protocol`).
         paper: add the published value and ours − paper beside each method (Li & Benna's
             experiments have none: ours only, and a note that says so).
         datasets: rows (default: every dataset with runs of the experiment).
@@ -150,8 +161,9 @@ def table(db_or_runs, experiment: str, protocol: str = "paper", paper: bool = Fa
         A DataFrame of display strings (index: dataset; columns: methods, or (method, part)
         with parts ours / paper / Δ when `paper`), the numbers in `.attrs` (module docstring).
     """
-    check_protocol(protocol)
     exp = _experiment_key(experiment)
+    protocol = default_protocol(exp) if protocol is None else protocol
+    check_protocol(protocol)
     runs = _runs_of(load_runs(db_or_runs), exp)
     paper_cols = P.columns(exp) if exp in P.TABLES or exp in P.UNPUBLISHED else []
     if methods is None and exp in P.UNPUBLISHED:  # 24 columns of pfa-mnist-sparse: those run

@@ -15,7 +15,7 @@ their full names (`from asymbp.sweep.plan import canonical_config`).
 """
 
 from .driver import BACKENDS, checkpoint_dir, label, lock_path, sweep, take_lock
-from .local import (WORKER_MALLOC, Runner, Task, cores, default_layout, placed_device,
+from .local import (WORKER_MALLOC, PackTask, Runner, Task, cores, default_layout, placed_device,
                     run_local, set_aside, threads_per_worker, train_many, worker_device,
                     worker_malloc_env)
 from .plan import (EXPERIMENTS, GRID, LR_MULTS, MAX_RUNS, MAX_SEEDS, SEEDS, Experiment, RunSpec,
@@ -25,9 +25,9 @@ from .ray import gpus_per_worker, run_ray
 
 __all__ = [
     "BACKENDS", "EXPERIMENTS", "GRID", "LR_MULTS", "MAX_RUNS", "MAX_SEEDS", "SEEDS",
-    "WORKER_MALLOC", "Experiment", "RunSpec", "Runner", "Task", "canonical_config", "cell",
-    "checkpoint_dir", "cores", "default_layout", "get", "gpus_per_worker", "label", "lock_path",
-    "parse_floats", "parse_list", "parse_seeds", "placed_device", "plan", "register", "run_key",
-    "run_local", "run_ray", "set_aside", "sweep", "take_lock", "threads_per_worker",
-    "train_many", "worker_device", "worker_malloc_env",
+    "WORKER_MALLOC", "Experiment", "PackTask", "RunSpec", "Runner", "Task", "canonical_config",
+    "cell", "checkpoint_dir", "cores", "default_layout", "get", "gpus_per_worker", "label",
+    "lock_path", "parse_floats", "parse_list", "parse_seeds", "placed_device", "plan",
+    "register", "run_key", "run_local", "run_ray", "set_aside", "sweep", "take_lock",
+    "threads_per_worker", "train_many", "worker_device", "worker_malloc_env",
 ]

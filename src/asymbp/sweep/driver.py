@@ -42,7 +42,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import AsymbpError
-from .local import Task, run_local, threads_per_worker
+from .local import PackTask, Task, run_local, threads_per_worker
 from .plan import RunSpec
 from .ray import run_ray
 
@@ -90,7 +90,7 @@ def label(run: RunSpec) -> str:
 
 def sweep(runs: list[RunSpec], db, *, workers: int = 1, backend: str = "local",
           address: str | None = None, threads: int | None = None, retry_failed: bool = False,
-          progress: bool = True, log=None) -> dict:
+          progress: bool = True, log=None, pack: int | None = None) -> dict:
     """Run every run of `runs` not yet finished in `db`; return counts by final status.
 
     Arguments:
@@ -102,6 +102,8 @@ def sweep(runs: list[RunSpec], db, *, workers: int = 1, backend: str = "local",
         retry_failed: run the runs stored as failed again (otherwise they are skipped).
         progress: show a tqdm bar (runs done / total, ETA, each worker's run) on stderr.
         log: where one line per finished run goes (default: stdout; None-like False: nowhere).
+        pack: at most this many runs of one cell trained as one packed model
+            (`asymbp.packed`); 1: one by one; None: `default_pack` (packed on a GPU).
     """
     if int(workers) < 1:
         raise AsymbpError(f"--workers must be >= 1, got {workers}")
@@ -134,6 +136,9 @@ def sweep(runs: list[RunSpec], db, *, workers: int = 1, backend: str = "local",
         ckdir = checkpoint_dir(db)
         ckdir.mkdir(exist_ok=True)
         tasks = [Task(r.key, r.config, str(ckdir / f"{r.key}.pt")) for r in todo]
+        size = default_pack(todo) if pack is None else int(pack)
+        if backend == "local" and size > 1:
+            tasks = packed_tasks(tasks, size)
         writer = _Writer(store, by_key, todo, ckdir, prov, progress, log)
         if backend == "ray":
             events = run_ray(tasks, workers, threads, address)
@@ -144,6 +149,35 @@ def sweep(runs: list[RunSpec], db, *, workers: int = 1, backend: str = "local",
         writer.close()
         store.set_meta(sweep_state="finished", sweep_finished=time.time())
         return {**counts, **_final_counts(store, by_key)}
+
+
+# On a GPU a cell's five runs (the paper's five learning rates) as one packed model: the tiny
+# networks leave the device idle between kernel launches, which packing fills (not yet timed on
+# a GPU here: `benchmarks/pack_time.py --device cuda` does). On the CPU one by one, in workers:
+# pack_time.py on the 2-core EPYC (uSF+BN, cifar network, CIFAR-10 shapes, 1 thread, one
+# process) timed a packed cell at 0.86x the runs one by one (5.2 vs 4.5 s per run-epoch):
+# the steps are bound by the convolution kernels, which a grouped convolution does not speed
+# up; with 2 threads packing looked 1.3-1.8x faster than one by one, but 2 one-thread workers
+# were 2.6x (one process's 2 threads scale poorly on these small convolutions).
+GPU_PACK = 5
+
+
+def default_pack(runs: list[RunSpec]) -> int:
+    """The pack size when none is given: `GPU_PACK` when every run goes to a GPU, else 1."""
+    from ..hardware import resolve_device
+
+    devices = {resolve_device(str(r.config.get("device", "auto"))) for r in runs}
+    return GPU_PACK if devices and all(d.startswith("cuda") for d in devices) else 1
+
+
+def packed_tasks(tasks: list[Task], size: int) -> list[Task | PackTask]:
+    """The tasks with the runs of each cell grouped into packs of at most `size` (a group of
+    one stays a plain task)."""
+    from ..packed import group_cells
+
+    groups = group_cells([t.config for t in tasks], size)
+    return [tasks[g[0]] if len(g) == 1 else PackTask(tuple(tasks[i] for i in g))
+            for g in groups]
 
 
 @contextlib.contextmanager
@@ -214,6 +248,8 @@ class _Writer:
             if self.bar is not None:
                 self.bar.total += done_epochs[key]
             done_epochs[key] = 0
+            self.say(f"{label(run)}: {ev[3]}")
+        elif kind == "note":  # e.g. why a pack's runs train one by one
             self.say(f"{label(run)}: {ev[3]}")
         elif kind == "failed":
             self.store.fail(key, ev[3])

@@ -24,7 +24,8 @@ oneDNN convolutions, batch norm and pooling, not by Python overhead; two one-thr
 both cores with no synchronisation at all, 1.23x the throughput of one two-thread process on an
 mnist5k cell (0.98 vs 1.21 s per run-epoch, uSF+BN+BM, channels_last). On a GPU, where a tiny
 network leaves the device idle between kernel launches, several workers per GPU fill it the same
-way (CUDA MPS helps); a vmap/grouped model remains the next step there.
+way (CUDA MPS helps); there a sweep packs each cell into one model instead (`asymbp.packed`,
+`PackTask`: a worker trains a pack's runs together, each with its own events and checkpoint).
 
     from asymbp.sweep import cell, train_many
     results = train_many(cell("uSF+BN+BM", "mnist5k", seeds=[1], channels_last=True),
@@ -92,6 +93,18 @@ class Task:
     key: str
     config: dict
     checkpoint: str | None
+
+
+@dataclass(frozen=True)
+class PackTask:
+    """Runs of one cell (differing only in lr_mult and seed) that a worker trains as one packed
+    model (`asymbp.packed.train_packed`); each run keeps its own key, events and checkpoint."""
+
+    tasks: tuple[Task, ...]
+
+    @property
+    def keys(self) -> list[str]:
+        return [t.key for t in self.tasks]
 
 
 def placed_device(device: str, wid: int, n_gpus: int) -> str:
@@ -164,10 +177,43 @@ class Runner:
                 result = attempt()
             return ("done", task.key, result)
         except Exception as err:  # noqa: BLE001 - any failure is recorded, the sweep goes on
-            if isinstance(err, AsymbpError):
-                return ("failed", task.key, str(err))
-            return ("failed", task.key,
-                    f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}")
+            return ("failed", task.key, _failure(err))
+
+    def run_pack(self, pack: PackTask, emit) -> list[tuple]:
+        """Train a pack's runs together, streaming each run's epochs through `emit(event)`
+        (and a "note" when they cannot be packed); return each run's final event."""
+        from ..packed import train_packed
+
+        keys = pack.keys
+        configs = [dict(t.config, device=self.device(t.config)) for t in pack.tasks]
+        by_path = {str(t.checkpoint): t.key for t in pack.tasks}
+
+        def attempt():
+            return train_packed(configs, checkpoints=[t.checkpoint for t in pack.tasks],
+                                data=self.dataset(configs[0]),
+                                on_epoch=lambda i, row: emit(("epoch", keys[i], row)),
+                                log=lambda line: emit(("note", keys[0], line)))
+
+        try:
+            try:
+                results = attempt()
+            except CheckpointError as err:
+                aside = set_aside(err.path, err.problem)
+                emit(("restart", by_path.get(str(err.path), keys[0]),
+                      f"checkpoint {err.path} {err.problem}; moved it to {aside.name} and "
+                      "started the run again"))
+                results = attempt()
+            return [("done", k, r) for k, r in zip(keys, results)]
+        except Exception as err:  # noqa: BLE001 - any failure is recorded, the sweep goes on
+            return [("failed", k, _failure(err)) for k in keys]
+
+
+def _failure(err: Exception) -> str:
+    """A run's error as the store records it: the one line of a user mistake, else the
+    exception with its traceback."""
+    if isinstance(err, AsymbpError):
+        return str(err)
+    return f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
 
 
 # ---- the worker processes -------------------------------------------------------------------
@@ -212,16 +258,21 @@ def _local_worker(wid: int, tasks, events, threads: int, parent: int, data) -> N
     torch.set_num_interop_threads(1)  # a worker's parallelism is its intra-op threads
     runner = Runner(threads, wid, data)
     while (task := tasks.get()) is not None:
-        events.put(("start", wid, task.key, runner.device(task.config)))
-        kind, key, payload = runner.run(task, lambda ev: events.put((ev[0], wid, *ev[1:])))
-        events.put((kind, wid, key, payload))
+        emit = lambda ev: events.put((ev[0], wid, *ev[1:]))  # noqa: E731
+        members = task.tasks if isinstance(task, PackTask) else (task,)
+        for t in members:
+            events.put(("start", wid, t.key, runner.device(t.config)))
+        finals = (runner.run_pack(task, emit) if isinstance(task, PackTask)
+                  else [runner.run(task, emit)])
+        for kind, key, payload in finals:
+            events.put((kind, wid, key, payload))
 
 
-def run_local(tasks: list[Task], workers: int, threads: int,
+def run_local(tasks: list[Task | PackTask], workers: int, threads: int,
               data: datasets.Dataset | None = None):
-    """Run `tasks` in `workers` spawned processes of `threads` torch threads each; yield events
-    (see asymbp.sweep.driver). `data`: one loaded dataset for every run (default: each worker
-    loads its runs' datasets)."""
+    """Run `tasks` (single runs or packs) in `workers` spawned processes of `threads` torch
+    threads each; yield events (see asymbp.sweep.driver), one "done"/"failed" per run.
+    `data`: one loaded dataset for every run (default: each worker loads its runs' datasets)."""
     # spawn, not fork: a forked child of a process that has started torch's thread pools can
     # deadlock, and CUDA cannot be re-initialised in a forked child.
     ctx = mp.get_context("spawn")
@@ -237,26 +288,28 @@ def run_local(tasks: list[Task], workers: int, threads: int,
     with worker_malloc_env():
         for p in procs:
             p.start()
-    current: dict[int, str] = {}
-    remaining = len(tasks)
+    current: dict[int, list[str]] = {}  # worker -> the runs it is training
+    remaining = sum(len(t.tasks) if isinstance(t, PackTask) else 1 for t in tasks)
     try:
         while remaining:
             try:
                 ev = event_q.get(timeout=1.0)
             except queue.Empty:
                 for w, p in enumerate(procs):
-                    if not p.is_alive() and w in current:
-                        remaining -= 1
-                        yield ("failed", w, current.pop(w),
-                               f"worker process died (exit code {p.exitcode})")
+                    if not p.is_alive() and current.get(w):
+                        for key in current.pop(w):
+                            remaining -= 1
+                            yield ("failed", w, key,
+                                   f"worker process died (exit code {p.exitcode})")
                 if not any(p.is_alive() for p in procs):
                     break  # what is left stays pending for the next sweep
                 continue
             kind, w, key = ev[:3]
             if kind == "start":
-                current[w] = key
+                current.setdefault(w, []).append(key)
             elif kind in ("done", "failed"):
-                current.pop(w, None)
+                if key in current.get(w, []):
+                    current[w].remove(key)
                 remaining -= 1
             yield ev
     finally:
