@@ -74,7 +74,7 @@ def test_biotorch_cifar10_plan_is_the_protocol():
     assert c["lr_milestones"] == "100:0.1,150:0.1,200:0.1" and c["weight_decay"] == 1e-4
     s = by[("LeNet SGD", "FA")]
     assert (s["method"], s["scheme_options"], s["base_lr"], s["momentum"], s["model"]) == (
-        "RndF", {"init": "xavier"}, 0.1, 0.9, "lenet_cifar")
+        "RndF", {"init": "xavier"}, 1e-3, 0.9, "lenet_cifar")  # its fa.yaml: lr 0.001
     assert by[("LeNet SGD", "uSF")]["scheme_options"] == {"scale": "xavier"}
 
 
@@ -158,3 +158,29 @@ def test_a_table_reports_by_the_experiments_own_rule():
     assert default_protocol("biotorch-mnist") == "paper"
     assert default_protocol("A") == "paper"
     assert default_protocol("grid") == "paper"
+
+
+def test_biotorch_cifar10_learning_rates_are_its_configs():
+    # Typed from jsalbert/biotorch benchmark_configs/cifar10/*/{sgd,adam}/*.yaml: LeNet SGD FA
+    # 0.001, DFA 0.0001; LeNet Adam FA and DFA 0.0001; ResNet-20 SGD DFA 0.001; every other
+    # file at SGD 0.1 / Adam 0.001 (ResNet-56 has no config: ResNet-20's).
+    from asymbp.sweep.plan import plan
+
+    lr = {(r.dataset, r.method): r.config["base_lr"] for r in plan("biotorch-cifar10")}
+    special = {("LeNet SGD", "FA"): 0.001, ("LeNet SGD", "DFA"): 0.0001,
+               ("LeNet Adam", "FA"): 0.0001, ("LeNet Adam", "DFA"): 0.0001,
+               ("ResNet-20 SGD", "DFA"): 0.001, ("ResNet-56 SGD", "DFA"): 0.001}
+    for (row, col), v in lr.items():
+        assert v == special.get((row, col), 0.1 if row.endswith("SGD") else 0.001), (row, col)
+    assert len(lr) == 6 * 7
+
+
+def test_biotorch_rows_in_its_order_and_marked_against_bp():
+    runs = _runs([("ResNet-20 SGD", "BP", 9.0), ("LeNet Adam", "BP", 16.0),
+                  ("LeNet SGD", "BP", 14.0), ("LeNet SGD", "FA", 17.0),
+                  ("LeNet SGD", "uSF", 16.99)], "biotorch-cifar10")
+    t = report.table(runs, "biotorch-cifar10")
+    assert list(t.index) == ["LeNet SGD", "LeNet Adam", "ResNet-20 SGD"]  # BioTorch's order
+    marks = t.attrs["highlight"]
+    assert marks.loc["LeNet SGD", "FA"] == "worse"  # 3 points above the row's BP
+    assert marks.loc["LeNet SGD", "uSF"] == ""  # 2.99 points

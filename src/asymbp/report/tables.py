@@ -101,7 +101,8 @@ def baseline_of(method: str) -> str:
 
 def highlights(value: pd.DataFrame, all_values: pd.Series) -> pd.DataFrame:
     """The paper's rule: "worse" where a cell is ≥ 3 points above its row's SGD (yellow in the
-    paper), "better" where ≥ 3 below (blue), else "".
+    paper), "better" where ≥ 3 below (blue), else "". In tables without an SGD column
+    (BioTorch's, Li & Benna's) the baseline is the row's BP: backprop with the row's optimizer.
 
     Arguments:
         value: the table's numbers (rows datasets, columns methods).
@@ -112,6 +113,8 @@ def highlights(value: pd.DataFrame, all_values: pd.Series) -> pd.DataFrame:
     for d in value.index:
         for m in value.columns:
             base = baseline_of(m)
+            if (d, base) not in all_values.index and "@" not in m:
+                base = "BP"  # BioTorch's and Li & Benna's tables: backprop's column is BP
             if m == base or (d, base) not in all_values.index:
                 continue
             b, v = all_values.loc[(d, base)], value.loc[d, m]
@@ -139,6 +142,14 @@ def default_protocol(experiment: str) -> str:
 
     exp = EXPERIMENTS[experiment] if experiment in EXPERIMENTS else None
     return (exp.base.get("protocol") if exp is not None else None) or "paper"
+
+
+def _registered_rows(experiment: str) -> list[str]:
+    """The row labels of a registered experiment with its own rows (BioTorch's, Li & Benna's),
+    in its table's order; [] for the paper's (its datasets' order is `dataset_order`'s)."""
+    from ..sweep.plan import EXPERIMENTS
+
+    return list(EXPERIMENTS[experiment].rows) if experiment in EXPERIMENTS else []
 
 
 def table(db_or_runs, experiment: str, protocol: str | None = None, paper: bool = False,
@@ -175,6 +186,8 @@ def table(db_or_runs, experiment: str, protocol: str | None = None, paper: bool 
         _check_names("method column", methods, set(runs["method"]) | set(paper_cols), exp)
     if datasets is None:
         datasets = dataset_order(set(runs["dataset"]))
+        rows = _registered_rows(exp)  # BioTorch's rows in its table's order, then the rest
+        datasets.sort(key=lambda d: rows.index(d) if d in rows else len(rows))
     else:
         _check_names("dataset", datasets, set(runs["dataset"]), exp)
     cells = cell_values(runs, protocol=protocol).set_index(["dataset", "method"])

@@ -64,6 +64,9 @@ class Experiment:
     lr_mults: tuple | None = None
     # The seeds of every cell unless a sweep gives its own (Li & Benna's: 1-5; else SEEDS).
     seeds: tuple | None = None
+    # (row label, column label) -> what that one cell's config changes (BioTorch's per-method
+    # learning rates: its LeNet FA and DFA runs are not at the row's lr).
+    cell_configs: dict = field(default_factory=dict)
 
     @property
     def columns(self) -> list[str]:
@@ -111,7 +114,8 @@ class Experiment:
         method = col_cfg.pop("method")
         if update is not None:  # "SGD" alone is BP: BP with Adam is "Adam"
             method = update if method == "SGD" else f"{method}+{update}"
-        return {**self.base, **row_cfg, **col_cfg, "method": method}
+        cell_cfg = self.cell_configs.get((row, column), {})
+        return {**self.base, **row_cfg, **col_cfg, **cell_cfg, "method": method}
 
 
 EXPERIMENTS: Registry[Experiment] = Registry("experiment",
@@ -135,15 +139,16 @@ register("BM")
 
 
 def register_biotorch(key: str, rows: dict, base: dict, columns: dict,
-                      seeds: tuple | None = None) -> Experiment:
+                      seeds: tuple | None = None, cells: dict | None = None) -> Experiment:
     """Register an experiment with its own protocol: one of BioTorch's tables or Li & Benna's
     experiments (asymbp.paper.TABLES, UNPUBLISHED); a sweep's learning rate is then absolute
-    (base_lr in `base`, one multiplier 1); `seeds`: the cells' own (default: SEEDS)."""
+    (base_lr in `base`, one multiplier 1); `seeds`: the cells' own (default: SEEDS); `cells`:
+    (row, column) -> that cell's own overrides."""
     from ..paper import caption
 
     return EXPERIMENTS.register(key, Experiment(key, caption(key), column_configs=columns,
                                                 rows=rows, base=base, lr_mults=(1.0,),
-                                                seeds=seeds))
+                                                seeds=seeds, cell_configs=dict(cells or {})))
 
 
 # BioTorch's methods with its scaled definitions (asymbp.feedback's scheme options): FA's V is
@@ -185,10 +190,22 @@ def _cifar_rows() -> dict:
     return rows
 
 
+# BioTorch's own per-run learning rates where they are not the row's (SGD 0.1, Adam 1e-3): its
+# benchmark_configs/cifar10/{le_net,resnet_20}/{sgd,adam}/*.yaml (jsalbert/biotorch, commits
+# 04bca8a, 1b2ebbb, 536ea21): LeNet SGD FA 1e-3, DFA 1e-4; LeNet Adam FA 1e-4, DFA 1e-4;
+# ResNet-20 SGD DFA 1e-3; every other file is at its row's. There is no ResNet-56 benchmark
+# config there: ResNet-56 takes ResNet-20's (an assumption).
+BIOTORCH_CIFAR_LRS = {
+    ("LeNet SGD", "FA"): 1e-3, ("LeNet SGD", "DFA"): 1e-4,
+    ("LeNet Adam", "FA"): 1e-4, ("LeNet Adam", "DFA"): 1e-4,
+    ("ResNet-20 SGD", "DFA"): 1e-3, ("ResNet-56 SGD", "DFA"): 1e-3,
+}
+
 # 45k train / 5k validation (picks the epoch) / 10k test, crop + flip, batch 128, 250 epochs, lr
 # /10 at 100, 150, 200, weight decay 1e-4, the batch-mean loss, Xavier init.
 register_biotorch(
     "biotorch-cifar10", rows=_cifar_rows(),
+    cells={cell: {"base_lr": lr} for cell, lr in BIOTORCH_CIFAR_LRS.items()},
     base=dict(protocol="honest", val_size=5000, augment="crop-flip", batch_size=128,
               epochs=250, lr_milestones="100:0.1,150:0.1,200:0.1", weight_decay=1e-4,
               loss="mean", init="xavier", bn_stats="running"),
