@@ -337,12 +337,12 @@ def test_roles_give_the_run_key_and_the_resume_rules():
     from asymbp.config import NOT_IN_KEY, PER_RUN, RESUME_FREE
 
     assert set(NOT_IN_KEY) == {"device", "data_dir", "compile", "channels_last",
-                               "eval_batch_size"}
+                               "eval_batch_size", "loader_workers"}
     assert set(RESUME_FREE) == set(NOT_IN_KEY) | {"alignment"}
     assert PER_RUN == ("dataset", "method", "lr_mult", "seed")
     base = {"dataset": "mnist5k", "method": "SGD", "lr_mult": 1.0, "seed": 1}
     other = {"device": "cpu", "data_dir": "/elsewhere", "compile": True, "channels_last": False,
-             "eval_batch_size": 7}
+             "eval_batch_size": 7, "loader_workers": 3}
     for name in NOT_IN_KEY:
         assert run_key("A", {**base, name: other[name]}) == run_key("A", base), name
     assert run_key("A", {**base, "alignment": False}) != run_key("A", base)  # recorded: in it
