@@ -318,6 +318,41 @@ def results_db(path: Path, keep_open: bool = False):
     return None
 
 
+def write_vectors(path: Path, n: int, m: int, seed: int) -> str:
+    """npz:PATH of `n` train / `m` test 64-dim Gaussian vectors, 10 classes each marked by a
+    +2 in its own feature (learnable by the "mlp" network in a few epochs)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n + m)
+    x = rng.normal(size=(n + m, 64)).astype(np.float32)
+    x[np.arange(n + m), y * 6] += 2.0
+    np.savez(path, x_train=x[:n], y_train=y[:n], x_test=x[n:], y_test=y[n:])
+    return f"npz:{path}"
+
+
+# ---- waiting on a sweep in another process ------------------------------------------------
+
+
+def wait_for(db, predicate, timeout):
+    """The runs of results database `db` (asymbp.store.load) once `predicate(runs)` holds;
+    an AssertionError after `timeout` seconds (the database may not exist yet)."""
+    import os
+    import time
+
+    from asymbp import store
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if os.path.exists(db):
+            try:
+                df = store.load(db)
+                if predicate(df):
+                    return df
+            except Exception:  # noqa: BLE001 - the database is being created
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"condition not reached in {timeout}s")
+
+
 # Every helper above is handed out as a fixture of its own name (session-wide: each is a plain
 # function with no state), so a test asks for `write_mnist` like for `tmp_path`.
 def _hand_out(helper):
@@ -325,5 +360,6 @@ def _hand_out(helper):
 
 
 for _helper in (write_mnist, write_cifar, write_svhn, write_stl10, write_tree, write_flowers102,
-                write_flowers17, tar_folder, pin, some_runs, result, epoch, results_db):
+                write_flowers17, tar_folder, pin, some_runs, result, epoch, results_db,
+                write_vectors, wait_for):
     globals()["_fixture_" + _helper.__name__] = _hand_out(_helper)

@@ -25,7 +25,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -42,16 +41,9 @@ EXAMPLE = 1  # test examples whose prediction may flip at a near tie
 
 
 @pytest.fixture(scope="module")
-def vectors(tmp_path_factory):
+def vectors(tmp_path_factory, write_vectors):
     """npz:PATH of 100 train / 100 test 64-dim vectors, 10 classes (model "mlp")."""
-    rng = np.random.default_rng(1)
-    n, m = 100, 100
-    y = rng.integers(0, 10, n + m)
-    x = rng.normal(size=(n + m, 64)).astype(np.float32)
-    x[np.arange(n + m), y * 6] += 2.0
-    path = tmp_path_factory.mktemp("data") / "vectors.npz"
-    np.savez(path, x_train=x[:n], y_train=y[:n], x_test=x[n:], y_test=y[n:])
-    return f"npz:{path}"
+    return write_vectors(tmp_path_factory.mktemp("data") / "vectors.npz", 100, 100, seed=1)
 
 
 def method(scheme: str, bn: bool, bm: bool) -> str:
@@ -341,34 +333,14 @@ def test_a_pack_resumes_from_its_copies_checkpoints(vectors, tmp_path, one_threa
 # ---- the sweep ----------------------------------------------------------------------------------
 
 
-def _wait_for(db, predicate, timeout):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if os.path.exists(db):
-            try:
-                df = store.load(db)
-                if predicate(df):
-                    return df
-            except Exception:  # noqa: BLE001 - the database is being created
-                pass
-        time.sleep(0.05)
-    raise AssertionError(f"condition not reached in {timeout}s")
-
-
 @pytest.fixture(scope="module")
-def longer(tmp_path_factory):
+def longer(tmp_path_factory, write_vectors):
     """2000 x 64 vectors, 10 classes: a packed cell lasts long enough to be killed."""
-    rng = np.random.default_rng(2)
-    n, m = 2000, 200
-    y = rng.integers(0, 10, n + m)
-    x = rng.normal(size=(n + m, 64)).astype(np.float32)
-    x[np.arange(n + m), y * 6] += 2.0
-    path = tmp_path_factory.mktemp("data") / "longer.npz"
-    np.savez(path, x_train=x[:n], y_train=y[:n], x_test=x[n:], y_test=y[n:])
-    return f"npz:{path}"
+    return write_vectors(tmp_path_factory.mktemp("data") / "longer.npz", 2000, 200, seed=2)
 
 
-def test_packed_sweep_killed_with_kill_9_loses_and_duplicates_nothing(tmp_path, longer):
+def test_packed_sweep_killed_with_kill_9_loses_and_duplicates_nothing(tmp_path, longer,
+                                                                     wait_for):
     db = str(tmp_path / "p.db")
     epochs = 6
     cmd = [sys.executable, "-m", "asymbp", "sweep", "--methods", "uSF+BN", "--datasets",
@@ -378,7 +350,7 @@ def test_packed_sweep_killed_with_kill_9_loses_and_duplicates_nothing(tmp_path, 
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
-        _wait_for(db, lambda df: store.load_epochs(db).shape[0] >= 4, timeout=90)
+        wait_for(db, lambda df: store.load_epochs(db).shape[0] >= 4, timeout=90)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its worker, no clean-up
         proc.wait()

@@ -173,21 +173,7 @@ def test_diverged_and_failed_runs_are_recorded_and_the_cells_still_compute(tmp_p
     assert again["skipped"] == 2 and again["failed"] == 1
 
 
-def _wait_for(db, predicate, timeout):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if os.path.exists(db):
-            try:
-                df = store.load(db)
-                if predicate(df):
-                    return df
-            except Exception:  # noqa: BLE001 - the database is being created
-                pass
-        time.sleep(0.05)
-    raise AssertionError(f"condition not reached in {timeout}s")
-
-
-def test_kill_9_then_resume_runs_everything_exactly_once(tmp_path, small, capsys):
+def test_kill_9_then_resume_runs_everything_exactly_once(tmp_path, small, capsys, wait_for):
     db = str(tmp_path / "r.db")
     epochs = 5
     def command(db):
@@ -200,7 +186,7 @@ def test_kill_9_then_resume_runs_everything_exactly_once(tmp_path, small, capsys
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
-        _wait_for(db, lambda df: (df.status == "done").sum() >= 1, timeout=90)
+        wait_for(db, lambda df: (df.status == "done").sum() >= 1, timeout=90)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, no clean-up
         proc.wait()
