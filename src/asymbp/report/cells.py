@@ -62,13 +62,6 @@ def pick_run(runs: pd.DataFrame, protocol: str) -> pd.Series | None:
     return runs.iloc[int(np.nanargmin(by))]
 
 
-def _seed_value(runs: pd.DataFrame, protocol: str, number: str = "protocol") -> float:
-    """The cell's value for one seed from its finished, non-diverged runs."""
-    best = pick_run(runs, protocol)
-    column = VALUE_OF[protocol] if number == "protocol" else "test_error"
-    return math.nan if best is None else float(best[column])
-
-
 def seed_values(runs_df: pd.DataFrame, protocol: str = "paper", experiment: str | None = None,
                 number: str = "protocol") -> pd.DataFrame:
     """One row per (experiment, dataset, method, seed) with a value: the number of the run that
@@ -81,27 +74,27 @@ def seed_values(runs_df: pd.DataFrame, protocol: str = "paper", experiment: str 
     if experiment is not None:
         df = df[df["experiment"] == experiment]
     check_protocol(protocol, df)
+    column = VALUE_OF[protocol] if number == "protocol" else "test_error"
     rows = []
     ok = df[df["status"] == "done"]
     for (exp, dataset, method, seed), runs in ok.groupby(
             ["experiment", "dataset", "method", "seed"], sort=False):
         best = pick_run(runs, protocol)
-        v = _seed_value(runs, protocol, number)
-        if best is not None and math.isfinite(v):
+        v = math.nan if best is None else float(best[column])
+        if math.isfinite(v):
             rows.append({"experiment": exp, "dataset": dataset, "method": method,
-                         "seed": int(seed), "value": v, "run_key": best["run_key"]})
+                         "seed": int(seed), "value": v, "run_key": best.get("run_key")})
     return pd.DataFrame(rows, columns=SEED_COLUMNS)
 
 
 def cell_stats(runs_df: pd.DataFrame, protocol: str = "paper", experiment: str | None = None,
                number: str = "protocol") -> pd.DataFrame:
-    """Mean ± std over seeds per cell (`seed_values` aggregated): columns experiment, dataset,
-    method, mean, std (the sample std, ddof=1; NaN for one seed), n (the seeds with a value).
-    With `number="protocol"`, `mean` is `cell_values`' value."""
-    per_seed = seed_values(runs_df, protocol, experiment, number)
-    g = per_seed.groupby(["experiment", "dataset", "method"], sort=False)["value"]
-    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
-    return out[STATS_COLUMNS]
+    """Mean ± std over seeds per cell with a value (`cell_values`' numbers): columns
+    experiment, dataset, method, mean, std (the sample std, ddof=1; NaN for one seed), n (the
+    seeds with a value)."""
+    cells = cell_values(runs_df, protocol, experiment, number)
+    cells = cells[cells["n_seeds"] > 0].rename(columns={"value": "mean", "n_seeds": "n"})
+    return cells[STATS_COLUMNS].reset_index(drop=True)
 
 
 def cell_run(runs: pd.DataFrame, dataset: str, method: str, protocol: str = "paper",
@@ -119,13 +112,14 @@ def cell_run(runs: pd.DataFrame, dataset: str, method: str, protocol: str = "pap
 
 
 def cell_values(runs_df: pd.DataFrame, protocol: str = "paper",
-                experiment: str | None = None) -> pd.DataFrame:
+                experiment: str | None = None, number: str = "protocol") -> pd.DataFrame:
     """Cell values from `asymbp.store.load(db)`, each from the runs `pick_run` picks per seed.
 
     Arguments:
         runs_df: one row per run (the columns of `store.load`).
         protocol: "paper" or "honest" (see the module docstring).
         experiment: keep only this experiment's runs (default: all, one row per experiment).
+        number: each seed's number, as `seed_values` (the protocol's, or the final epoch's).
 
     Returns:
         One row per (experiment, dataset, method): `value` (mean over seeds, %), `std` (sample
@@ -139,16 +133,16 @@ def cell_values(runs_df: pd.DataFrame, protocol: str = "paper",
         df = df.assign(experiment="")
     if experiment is not None:
         df = df[df["experiment"] == experiment]
-    check_protocol(protocol, df)
+    values: dict[tuple, list[float]] = {}  # (experiment, dataset, method) -> one per seed
+    for r in seed_values(df, protocol, number=number).itertuples(index=False):
+        values.setdefault((r.experiment, r.dataset, r.method), []).append(r.value)
     rows = []
     for (exp, dataset, method), cell in df.groupby(["experiment", "dataset", "method"],
                                                    sort=False):
         status = cell["status"]
-        ok = cell[status == "done"]
         n_fin = int(status.isin(["done", "diverged"]).sum())
         n_div = int((status == "diverged").sum())
-        per_seed = [_seed_value(r, protocol) for _, r in ok.groupby("seed")]
-        per_seed = [v for v in per_seed if math.isfinite(v)]
+        per_seed = values.get((exp, dataset, method), [])
         value = float(np.mean(per_seed)) if per_seed else math.nan
         std = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else math.nan
         if n_fin < len(cell):
