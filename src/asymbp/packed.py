@@ -45,15 +45,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import data as datasets
-from .config import PER_RUN, TrainConfig, check_config, parse_betas, parse_milestones
+from .config import PER_RUN, TrainConfig, check_config, parse_milestones
 from .errors import AsymbpError
 from .execution import Execution, Progress
-from .layers import AsymConv2d, AsymConv2dFunction, AsymLinear, asym_layers, renormalize
+from .layers import (AsymConv2d, AsymConv2dFunction, AsymLinear, AsymLinearFunction, asym_layers,
+                     renormalize)
 from .models import MLP, PadRB, TableNet
-from .optim import make_optimizer
 from .train import (batch_schedule, build_model, check_model_fit, epoch_alignment, evaluate,
-                    feedback_weight_decay_at, healthy, lr_at, param_groups, prepare_data,
-                    refresh_bn_stats, set_epoch_hyperparameters, summarize, weight_decay_at)
+                    feedback_weight_decay_at, healthy, lr_at, prepare_data, refresh_bn_stats,
+                    run_generators, run_optimizer, set_epoch_hyperparameters, summarize,
+                    weight_decay_at)
 
 __all__ = ["train_packed", "pack_problem", "cell_key", "PackedNet", "PackedLinearFunction"]
 
@@ -172,8 +173,6 @@ class PackedNet(nn.Module):
         b = [m.bias for m in mods]
         V = [m._V_for_backward() for m in mods]
         if a.shared:  # (B, D) @ (N·out, D)ᵀ: one wider linear, AsymLinearFunction's rule
-            from .layers import AsymLinearFunction
-
             y = AsymLinearFunction.apply(a.h, torch.cat([m.weight for m in mods]), _cat(b),
                                          torch.cat(V))
             return _Wide(y, False)
@@ -289,12 +288,8 @@ class _Copy:
         self.execution = Execution(cfg, checkpoint)
         torch.manual_seed(cfg.seed)  # as train(): the initialisation comes from the seed
         self.model = self.execution.memory_format(build_model(cfg, spec, tensors).to(device))
-        self.optimizer = make_optimizer(
-            spec.update, param_groups(self.model), lr=cfg.base_lr * cfg.lr_mult,
-            momentum=cfg.momentum, weight_decay=cfg.weight_decay, betas=parse_betas(cfg.betas),
-            eps=cfg.eps)
-        self.generators = {"data_gen": torch.Generator().manual_seed(cfg.seed),
-                           "stat_gen": torch.Generator().manual_seed(cfg.seed + 1)}
+        self.optimizer = run_optimizer(cfg, spec, self.model)
+        self.generators = run_generators(cfg)
         self.progress: Progress = self.execution.resume(self.model, self.optimizer,
                                                         self.generators)
         # torch's global RNG as this run alone would have it (saved in its checkpoint)
@@ -380,11 +375,10 @@ def _network_problem(cfg: TrainConfig, spec, ds) -> str | None:
 
 
 def _train_packed(cfgs, specs, checkpoints, ds, on_epoch, on_start) -> list[dict]:
-    device = Execution(cfgs[0]).device
-    spec = specs[0]
+    probe = Execution(cfgs[0])  # the copies' device and memory format (each its own later)
+    device, spec = probe.device, specs[0]
     tensors = prepare_data(cfgs[0], device, ds)  # the same for every copy (data_seed, split)
     check_model_fit(cfgs[0], tensors)
-    probe = Execution(cfgs[0])
     tensors = tensors.with_inputs(probe.memory_format)
     copies = [_Copy(c, p, tensors, spec, device) for c, p in zip(cfgs, checkpoints)]
     for i, c in enumerate(copies):

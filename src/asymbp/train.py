@@ -148,13 +148,10 @@ def train(config: TrainConfig | dict, *, on_epoch: Callable[[dict], None] | None
     check_model_fit(cfg, tensors)
     tensors = tensors.with_inputs(execution.memory_format)
     model = execution.memory_format(build_model(cfg, spec, tensors).to(device))
-    optimizer = make_optimizer(spec.update, param_groups(model), lr=cfg.base_lr * cfg.lr_mult,
-                               momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               betas=parse_betas(cfg.betas), eps=cfg.eps)
+    optimizer = run_optimizer(cfg, spec, model)
     step_model = execution.wrap(model)  # what the training steps call (DDP, compiled)
-    data_gen = torch.Generator().manual_seed(cfg.seed)  # batch order
-    stat_gen = torch.Generator().manual_seed(cfg.seed + 1)  # BN-statistics batches
-    generators = {"data_gen": data_gen, "stat_gen": stat_gen}  # their checkpoint names
+    generators = run_generators(cfg)
+    data_gen, stat_gen = generators["data_gen"], generators["stat_gen"]
     augment = augmenter(cfg, tensors)  # None without augmentation
     if augment is not None:  # on the device, like the batches; in the checkpoint only when
         # used, so that the checkpoints of runs without augmentation keep resuming
@@ -353,6 +350,21 @@ def streamed_data(cfg: TrainConfig, device: torch.device, ds) -> Tensors:
     xv = None if val is None else images("train", val)
     return Tensors(xt, xt.labels(), xs, xs.labels(), xv, None if xv is None else xv.labels(),
                    ds.num_classes, ds.model)
+
+
+def run_optimizer(cfg: TrainConfig, spec: MethodSpec, model: nn.Module):
+    """The run's optimizer: the method's update rule over `param_groups(model)`, at the run's
+    base learning rate (the epoch's comes from `set_epoch_hyperparameters`)."""
+    return make_optimizer(spec.update, param_groups(model), lr=cfg.base_lr * cfg.lr_mult,
+                          momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          betas=parse_betas(cfg.betas), eps=cfg.eps)
+
+
+def run_generators(cfg: TrainConfig) -> dict[str, torch.Generator]:
+    """The run's generators under their checkpoint names: the batch order (`data_gen`) and the
+    BN-statistics batches (`stat_gen`), seeded from the run's seed."""
+    return {"data_gen": torch.Generator().manual_seed(cfg.seed),
+            "stat_gen": torch.Generator().manual_seed(cfg.seed + 1)}
 
 
 def resized(x: np.ndarray, size: int, key: str) -> np.ndarray:

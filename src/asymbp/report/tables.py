@@ -138,18 +138,16 @@ def default_protocol(experiment: str) -> str:
     """The rule that picks an experiment's reported number unless told otherwise: its own
     protocol (BioTorch's CIFAR-10: honest, the best-validation model's test error), else the
     paper's (the best test error)."""
-    from ..sweep.plan import EXPERIMENTS  # the registry of experiments, not the planner's work
-
-    exp = EXPERIMENTS[experiment] if experiment in EXPERIMENTS else None
+    exp = _registered(experiment)
     return (exp.base.get("protocol") if exp is not None else None) or "paper"
 
 
-def _registered_rows(experiment: str) -> list[str]:
-    """The row labels of a registered experiment with its own rows (BioTorch's, Li & Benna's),
-    in its table's order; [] for the paper's (its datasets' order is `dataset_order`'s)."""
-    from ..sweep.plan import EXPERIMENTS
+def _registered(experiment: str):
+    """The registered experiment `experiment` (`asymbp.sweep.plan.EXPERIMENTS`), None for a
+    user grid."""
+    from ..sweep.plan import EXPERIMENTS  # the registry of experiments, not the planner's work
 
-    return list(EXPERIMENTS[experiment].rows) if experiment in EXPERIMENTS else []
+    return EXPERIMENTS[experiment] if experiment in EXPERIMENTS else None
 
 
 def table(db_or_runs, experiment: str, protocol: str | None = None, paper: bool = False,
@@ -186,7 +184,8 @@ def table(db_or_runs, experiment: str, protocol: str | None = None, paper: bool 
         _check_names("method column", methods, set(runs["method"]) | set(paper_cols), exp)
     if datasets is None:
         datasets = dataset_order(set(runs["dataset"]))
-        rows = _registered_rows(exp)  # BioTorch's rows in its table's order, then the rest
+        registered = _registered(exp)
+        rows = list(registered.rows) if registered is not None else []  # BioTorch's order
         datasets.sort(key=lambda d: rows.index(d) if d in rows else len(rows))
     else:
         _check_names("dataset", datasets, set(runs["dataset"]), exp)

@@ -167,15 +167,7 @@ class Runner:
                          on_epoch=lambda row: emit(("epoch", task.key, row)))
 
         try:
-            try:
-                result = attempt()
-            except CheckpointError as err:
-                # Left in place, a corrupt checkpoint fails its run on every rerun of the sweep.
-                aside = set_aside(err.path, err.problem)
-                emit(("restart", task.key, f"checkpoint {err.path} {err.problem}; moved it to "
-                                           f"{aside.name} and started the run again"))
-                result = attempt()
-            return ("done", task.key, result)
+            return ("done", task.key, _restarting(attempt, emit, lambda path: task.key))
         except Exception as err:  # noqa: BLE001 - any failure is recorded, the sweep goes on
             return ("failed", task.key, _failure(err))
 
@@ -195,17 +187,23 @@ class Runner:
                                 log=lambda line: emit(("note", keys[0], line)))
 
         try:
-            try:
-                results = attempt()
-            except CheckpointError as err:
-                aside = set_aside(err.path, err.problem)
-                emit(("restart", by_path.get(str(err.path), keys[0]),
-                      f"checkpoint {err.path} {err.problem}; moved it to {aside.name} and "
-                      "started the run again"))
-                results = attempt()
+            results = _restarting(attempt, emit, lambda path: by_path.get(str(path), keys[0]))
             return [("done", k, r) for k, r in zip(keys, results)]
         except Exception as err:  # noqa: BLE001 - any failure is recorded, the sweep goes on
             return [("failed", k, _failure(err)) for k in keys]
+
+
+def _restarting(attempt, emit, key_of):
+    """`attempt()`; if it finds a corrupt checkpoint, that file set aside, a "restart" event for
+    the run `key_of(path)` it belongs to, and `attempt()` once more from the start. Left in
+    place, a corrupt checkpoint would fail its run on every rerun of the sweep."""
+    try:
+        return attempt()
+    except CheckpointError as err:
+        aside = set_aside(err.path, err.problem)
+        emit(("restart", key_of(err.path), f"checkpoint {err.path} {err.problem}; moved it to "
+                                           f"{aside.name} and started the run again"))
+        return attempt()
 
 
 def _failure(err: Exception) -> str:

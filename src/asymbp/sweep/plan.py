@@ -459,7 +459,6 @@ def plan(experiment: str | None = None, methods: list[str] | None = None,
     # Names as registered (`MNIST` is `mnist`): one run, one key, however it was typed; an
     # experiment's own rows (BioTorch's model x optimizer) are its names already.
     datasets = [d if exp is not None and d in exp.rows else data.check_key(d) for d in datasets]
-    datasets = [d for d in datasets if not row_of or d in row_of]
     if base.get("model") is not None:
         base["model"] = models.MODELS.canonical(base["model"])
     lr_mults, seeds = _numbers(lr_mults, "learning-rate multiplier"), _numbers(seeds, "seed")
