@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 
@@ -258,7 +259,27 @@ def test_import_does_not_load_the_compiler():
     assert out.stdout.split() == ["False", "False"]
 
 
+def _aten_forced_below_host() -> bool:
+    """ATen's kernels forced below the CPU's own: `default` anywhere (torch 2.13's inductor then
+    emits C++ that does not compile, seen 2026-12-01 on an AVX2 EPYC), `avx2` on a CPU with
+    AVX-512 (inductor's C++ for the host's ISA beside ATen's AVX2 kernels returns inf/denormal
+    gradients, seen 2026-12-02 on an AVX-512 BF16 EPYC). A CPU that has only AVX2 runs `avx2`
+    natively: there the test runs (and passed, 2026-12-01)."""
+    forced = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
+    if forced == "default":
+        return True
+    if forced != "avx2":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512f" in f.read()
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(_aten_forced_below_host(), reason="inductor with ATen's kernels forced "
+                    "below this CPU's own: a torch 2.13 bug, not asymbp's (run it unforced)")
 @pytest.mark.parametrize("scheme", ["uSF", "brSF-25", "PFA"])
 def test_compile_inductor_gives_eager_gradients(scheme):
     torch._dynamo.reset()
