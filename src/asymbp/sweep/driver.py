@@ -74,7 +74,15 @@ def take_lock(db) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.read(fd, 200).decode(errors="replace").strip() or "just starting"
+        # The holder writes its pid just after it takes the lock: a sweep started at the same
+        # instant may look in between, so it waits a moment for the name to appear.
+        holder = ""
+        for _ in range(40):
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            if holder:
+                break
+            time.sleep(0.025)
+        holder = holder or "just starting"
         os.close(fd)
         raise AsymbpError(f"another sweep ({holder}) is writing {db}; wait for it to finish or "
                           "stop it first") from None
